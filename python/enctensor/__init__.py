@@ -1,0 +1,41 @@
+"""enctensor: encrypted, authenticated tensor files that load at the speed of plaintext.
+
+The public API of the package (numpy level); framework adapters live in ``enctensor.torch``
+and ``enctensor.tvm``.
+"""
+
+from ._api import TensorSlice as TensorSlice
+from ._api import inspect as inspect
+from ._api import inspect_bytes as inspect_bytes
+from ._api import load as load
+from ._api import load_bytes as load_bytes
+from ._api import safe_open as safe_open
+from ._api import save as save
+from ._api import save_bytes as save_bytes
+from ._core import FORMAT_VERSION as FORMAT_VERSION
+from ._core import __version__ as __version__
+from ._keys import generate_key as generate_key
+from .errors import EncTensorError as EncTensorError
+from .errors import FormatError as FormatError
+from .errors import IntegrityError as IntegrityError
+from .errors import TensorNotFoundError as TensorNotFoundError
+from .errors import WrongKeyError as WrongKeyError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "EncTensorError",
+    "FormatError",
+    "IntegrityError",
+    "TensorNotFoundError",
+    "TensorSlice",
+    "WrongKeyError",
+    "__version__",
+    "generate_key",
+    "inspect",
+    "inspect_bytes",
+    "load",
+    "load_bytes",
+    "safe_open",
+    "save",
+    "save_bytes",
+]

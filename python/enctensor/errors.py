@@ -1,0 +1,29 @@
+"""Exceptions raised by enctensor. Kept free of imports of the Rust extension, which imports
+these classes by name (``pyo3::import_exception!``)."""
+
+from __future__ import annotations
+
+__all__ = ["EncTensorError", "FormatError", "IntegrityError", "TensorNotFoundError", "WrongKeyError"]
+
+
+class EncTensorError(ValueError):
+    """Base class of every error that concerns an enctensor file's contents or keys."""
+
+
+class FormatError(EncTensorError):
+    """The bytes are not a well-formed enctensor file (or use an unsupported version)."""
+
+
+class WrongKeyError(EncTensorError):
+    """No stanza of the file opens with the key or passphrase given."""
+
+
+class IntegrityError(EncTensorError):
+    """The header MAC or a chunk tag failed: the file was modified or corrupted."""
+
+
+class TensorNotFoundError(EncTensorError, KeyError):
+    """The file has no tensor of that name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message.
+        return str(self.args[0]) if self.args else ""

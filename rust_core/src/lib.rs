@@ -1,0 +1,24 @@
+//! enctensor core: parse, verify, decrypt and write enctensor v1 files (`spec/FORMAT.md`).
+//!
+//! The crate is plain Rust; the PyO3 bindings behind the `python` feature (module `py`) are a
+//! thin layer that converts arguments, releases the GIL and maps [`Error`] to Python
+//! exceptions in one place.
+
+pub mod crypto;
+pub mod dtype;
+pub mod error;
+pub mod header;
+mod json;
+pub mod keys;
+pub mod reader;
+pub mod writer;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use dtype::Dtype;
+pub use error::{Error, Result};
+pub use header::{Header, Stanza, TensorInfo};
+pub use keys::Credential;
+pub use reader::Reader;
+pub use writer::{write_file_atomic, write_to, TensorSource, WriteOptions};

@@ -1,0 +1,259 @@
+//! Opening a file: map it, validate the header, unwrap the file key, verify the header MAC,
+//! then decrypt and verify chunks from the map straight into caller-provided buffers on all
+//! cores.
+
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::{Advice, Mmap, MmapOptions};
+use rayon::prelude::*;
+
+use crate::crypto::{self, GcmKey, SecretKey};
+use crate::error::{Error, Result};
+use crate::header::{self, Header, TensorInfo, MAC_LEN, TAG_LEN};
+use crate::keys::{open_stanzas, Credential};
+
+/// The bytes of a file: a read-only map, or a buffer the caller handed over.
+enum Source {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Source {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Source::Map(m) => m,
+            Source::Owned(v) => v,
+        }
+    }
+}
+
+/// Maps `path` read-only. Zero-length files cannot be mapped and are not valid files anyway.
+fn map_file(path: &Path) -> Result<Source> {
+    let shown = path.display().to_string();
+    let file = File::open(path).map_err(|e| Error::io(e, format!("cannot open {shown}")))?;
+    let len = file.metadata().map_err(|e| Error::io(e, format!("cannot stat {shown}")))?.len();
+    if len == 0 {
+        return Ok(Source::Owned(Vec::new()));
+    }
+    // SAFETY: the map is read-only and private to this process. Another process could still
+    // truncate or rewrite the file while it is mapped; writers of enctensor files replace
+    // them by rename, which leaves this mapping on the old inode.
+    let map = unsafe { MmapOptions::new().map(&file) }.map_err(|e| Error::io(e, format!("cannot map {shown}")))?;
+    // Loads read the data section front to back, usually whole; ask for read-ahead.
+    let _ = map.advise(Advice::Sequential);
+    Ok(Source::Map(map))
+}
+
+/// Parses a file without a key (`inspect`).
+pub fn inspect_path(path: &Path) -> Result<Header> {
+    let src = map_file(path)?;
+    header::parse_file(src.bytes()).map_err(|e| e.context(&path.display().to_string()))
+}
+
+/// An opened, authenticated file.
+pub struct Reader {
+    src: Source,
+    header: Header,
+    file_key: SecretKey,
+    name: String,
+}
+
+/// One unit of parallel work: chunk `j` of a tensor, and where its plaintext goes.
+struct Work<'a> {
+    tensor: usize,
+    key: usize,
+    chunk: u64,
+    out: &'a mut [u8],
+}
+
+impl Reader {
+    pub fn open(path: &Path, cred: &Credential) -> Result<Reader> {
+        let name = path.display().to_string();
+        Reader::from_source(map_file(path)?, cred, name)
+    }
+
+    pub fn from_bytes(bytes: Vec<u8>, cred: &Credential) -> Result<Reader> {
+        Reader::from_source(Source::Owned(bytes), cred, "<bytes>".into())
+    }
+
+    fn from_source(src: Source, cred: &Credential, name: String) -> Result<Reader> {
+        let bytes = src.bytes();
+        let header = header::parse_file(bytes).map_err(|e| e.context(&name))?;
+        let file_key = open_stanzas(&header.stanzas, cred).map_err(|e| e.context(&name))?;
+        let mac_at = header.mac_offset() as usize;
+        let expected = crypto::header_mac(
+            &file_key,
+            &[&bytes[..mac_at], &bytes[header.tags_offset() as usize..header.tags_end() as usize]],
+        );
+        if !crypto::ct_eq(&expected, &bytes[mac_at..mac_at + MAC_LEN as usize]) {
+            return Err(Error::Integrity(format!(
+                "{name}: header authentication failed: the header or tag table was modified or \
+                 corrupted (the key opened a stanza, so it is the right key)"
+            )));
+        }
+        Ok(Reader { src, header, file_key, name })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.src.bytes()
+    }
+
+    fn tensor(&self, idx: usize) -> Result<&TensorInfo> {
+        self.header
+            .tensors
+            .get(idx)
+            .ok_or_else(|| Error::InvalidArgument(format!("tensor index {idx} is out of range")))
+    }
+
+    fn chunk_len(&self, t: &TensorInfo, j: u64) -> usize {
+        let start = j * self.header.chunk_size;
+        (t.nbytes() - start).min(self.header.chunk_size) as usize
+    }
+
+    /// Verifies chunk `j` of tensor `t` and writes its plaintext to `out` (the chunk's length).
+    fn open_chunk(&self, t: &TensorInfo, key: &GcmKey, j: u64, out: &mut [u8]) -> Result<()> {
+        let bytes = self.bytes();
+        let start = (self.header.data_offset + t.begin + j * self.header.chunk_size) as usize;
+        let src = &bytes[start..start + out.len()];
+        let tag_at = (self.header.tags_offset() + (t.first_tag + j) * TAG_LEN) as usize;
+        let tag = &bytes[tag_at..tag_at + TAG_LEN as usize];
+        let nonce = crypto::chunk_nonce(j, t.n_chunks);
+        let ok = if t.encrypted {
+            key.open_into(nonce, b"", src, tag, out)
+        } else if key.verify_gmac(nonce, src, tag) {
+            out.copy_from_slice(src);
+            true
+        } else {
+            false
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Integrity(format!(
+                "{}: tensor {:?}: chunk {j} of {} failed authentication: the file was modified or \
+                 corrupted",
+                self.name, t.name, t.n_chunks
+            )))
+        }
+    }
+
+    fn run(&self, keys: &[GcmKey], work: Vec<Work<'_>>) -> Result<()> {
+        work.into_par_iter().try_for_each(|w| {
+            let t = &self.header.tensors[w.tensor];
+            self.open_chunk(t, &keys[w.key], w.chunk, w.out)
+        })
+    }
+
+    /// Decrypts whole tensors into `jobs` (`(tensor index, destination)`), all chunks of all
+    /// tensors in parallel. On any failure every destination is zeroed and nothing is released.
+    pub fn read_many(&self, jobs: &mut [(usize, &mut [u8])]) -> Result<()> {
+        for (idx, out) in jobs.iter() {
+            let t = self.tensor(*idx)?;
+            if out.len() as u64 != t.nbytes() {
+                return Err(Error::InvalidArgument(format!(
+                    "destination for tensor {:?} is {} bytes, it needs {}",
+                    t.name,
+                    out.len(),
+                    t.nbytes()
+                )));
+            }
+        }
+        let keys: Vec<GcmKey> = jobs
+            .par_iter()
+            .map(|(idx, _)| crypto::tensor_key(&self.file_key, &self.header.tensors[*idx].name))
+            .collect();
+        let cs = self.header.chunk_size as usize;
+        let mut work = Vec::new();
+        for (k, (idx, out)) in jobs.iter_mut().enumerate() {
+            if out.is_empty() {
+                work.push(Work { tensor: *idx, key: k, chunk: 0, out: &mut [] });
+            }
+            for (j, piece) in out.chunks_mut(cs).enumerate() {
+                work.push(Work { tensor: *idx, key: k, chunk: j as u64, out: piece });
+            }
+        }
+        let result = self.run(&keys, work);
+        if result.is_err() {
+            for (_, out) in jobs.iter_mut() {
+                out.fill(0);
+            }
+        }
+        result
+    }
+
+    pub fn read_into(&self, idx: usize, out: &mut [u8]) -> Result<()> {
+        self.read_many(&mut [(idx, out)])
+    }
+
+    /// Decrypts bytes `[start, start + out.len())` of a tensor, verifying every chunk that
+    /// covers them (and only those).
+    pub fn read_range_into(&self, idx: usize, start: u64, out: &mut [u8]) -> Result<()> {
+        let t = self.tensor(idx)?;
+        let end = start.checked_add(out.len() as u64).filter(|&e| e <= t.nbytes()).ok_or_else(|| {
+            Error::InvalidArgument(format!("byte range is outside tensor {:?} ({} bytes)", t.name, t.nbytes()))
+        })?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let key = crypto::tensor_key(&self.file_key, &t.name);
+        let cs = self.header.chunk_size;
+        let mut pieces = Vec::new();
+        let mut rest = &mut out[..];
+        let mut pos = start;
+        while pos < end {
+            let j = pos / cs;
+            let take = ((j + 1) * cs).min(end) - pos;
+            let (piece, tail) = rest.split_at_mut(take as usize);
+            pieces.push((j, (pos - j * cs) as usize, piece));
+            rest = tail;
+            pos += take;
+        }
+        let result = pieces.into_par_iter().try_for_each(|(j, skip, piece)| {
+            let n = self.chunk_len(t, j);
+            if skip == 0 && piece.len() == n {
+                return self.open_chunk(t, &key, j, piece);
+            }
+            let mut scratch = vec![0u8; n];
+            self.open_chunk(t, &key, j, &mut scratch)?;
+            piece.copy_from_slice(&scratch[skip..skip + piece.len()]);
+            Ok(())
+        });
+        if result.is_err() {
+            out.fill(0);
+        }
+        result
+    }
+
+    /// Verifies every chunk of every tensor, holding at most one chunk per thread.
+    pub fn verify_all(&self) -> Result<()> {
+        let work: Vec<(usize, u64)> = self
+            .header
+            .tensors
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| (0..t.n_chunks).map(move |j| (i, j)))
+            .collect();
+        let keys: Vec<GcmKey> =
+            self.header.tensors.par_iter().map(|t| crypto::tensor_key(&self.file_key, &t.name)).collect();
+        work.into_par_iter().try_for_each_init(Vec::new, |scratch, (i, j)| {
+            let t = &self.header.tensors[i];
+            scratch.resize(self.chunk_len(t, j), 0);
+            self.open_chunk(t, &keys[i], j, scratch)
+        })
+    }
+
+    /// The file key, for re-keying. Crate-internal: never exposed to Python.
+    #[allow(dead_code)]
+    pub(crate) fn file_key(&self) -> &SecretKey {
+        &self.file_key
+    }
+}
