@@ -17,4 +17,5 @@ def aligned_empty(nbytes: int) -> np.ndarray:
     align = _HUGE_ALIGN if nbytes >= _HUGE_MIN else _SMALL_ALIGN
     raw = np.empty(nbytes + align, dtype=np.uint8)
     skip = (-raw.ctypes.data) % align
-    return raw[skip : skip + nbytes]
+    # numpy keeps the base pointer for an empty slice; slice a byte first to keep the alignment.
+    return raw[skip : skip + max(nbytes, 1)][:nbytes]

@@ -37,7 +37,8 @@ pub fn hkdf(ikm: &[u8], salt: &[u8], info: &[&[u8]]) -> SecretKey {
 
 /// Fills `buf` from the operating system's CSPRNG.
 pub fn random(buf: &mut [u8]) -> Result<()> {
-    aws_lc_rs::rand::fill(buf).map_err(|_| Error::InvalidArgument("the system random generator failed".into()))
+    aws_lc_rs::rand::fill(buf)
+        .map_err(|_| Error::InvalidArgument("the system random generator failed".into()))
 }
 
 /// An AES-256-GCM key. AWS-LC wipes its key schedule when the context is freed.
@@ -45,7 +46,9 @@ pub struct GcmKey(LessSafeKey);
 
 impl GcmKey {
     pub fn new(key: &[u8; KEY_LEN]) -> Self {
-        GcmKey(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key")))
+        GcmKey(LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"),
+        ))
     }
 
     /// Encrypts `in_out` in place and returns the detached tag.
@@ -60,9 +63,22 @@ impl GcmKey {
     /// Decrypts `ciphertext` into `out` (same length) and verifies `tag` in constant time.
     /// Returns false on a bad tag; `out` then holds no plaintext worth using.
     #[must_use]
-    pub fn open_into(&self, nonce: [u8; 12], aad: &[u8], ciphertext: &[u8], tag: &[u8], out: &mut [u8]) -> bool {
+    pub fn open_into(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        ciphertext: &[u8],
+        tag: &[u8],
+        out: &mut [u8],
+    ) -> bool {
         self.0
-            .open_separate_gather(Nonce::assume_unique_for_key(nonce), Aad::from(aad), ciphertext, tag, out)
+            .open_separate_gather(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                ciphertext,
+                tag,
+                out,
+            )
             .is_ok()
     }
 
@@ -70,7 +86,13 @@ impl GcmKey {
     #[must_use]
     pub fn verify_gmac(&self, nonce: [u8; 12], data: &[u8], tag: &[u8]) -> bool {
         self.0
-            .open_separate_gather(Nonce::assume_unique_for_key(nonce), Aad::from(data), &[], tag, &mut [])
+            .open_separate_gather(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(data),
+                &[],
+                tag,
+                &mut [],
+            )
             .is_ok()
     }
 
@@ -78,7 +100,6 @@ impl GcmKey {
         self.seal(nonce, data, &mut [])
     }
 }
-
 
 /// STREAM nonce of chunk `j` of `m`: an 11-byte big-endian counter and a last-chunk flag.
 pub fn chunk_nonce(j: u64, m: u64) -> [u8; 12] {
@@ -102,7 +123,10 @@ pub fn header_mac(file_key: &[u8; KEY_LEN], parts: &[&[u8]]) -> [u8; 32] {
     for p in parts {
         ctx.update(p);
     }
-    ctx.sign().as_ref().try_into().expect("32-byte HMAC-SHA-256")
+    ctx.sign()
+        .as_ref()
+        .try_into()
+        .expect("32-byte HMAC-SHA-256")
 }
 
 /// Constant-time equality of two byte strings of public length.
@@ -124,7 +148,8 @@ mod tests {
         let okm = hkdf(&ikm, &salt, &[&info]);
         assert_eq!(
             okm[..].to_vec(),
-            hex::decode("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf").unwrap()
+            hex::decode("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf")
+                .unwrap()
         );
     }
 

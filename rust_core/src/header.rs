@@ -35,8 +35,15 @@ pub const MAX_LOG_N: u64 = 20;
 /// A way to open the file: it wraps the file key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stanza {
-    Key { salt: [u8; SALT_LEN], body: [u8; BODY_LEN] },
-    Scrypt { salt: [u8; SALT_LEN], log_n: u8, body: [u8; BODY_LEN] },
+    Key {
+        salt: [u8; SALT_LEN],
+        body: [u8; BODY_LEN],
+    },
+    Scrypt {
+        salt: [u8; SALT_LEN],
+        log_n: u8,
+        body: [u8; BODY_LEN],
+    },
     /// A stanza type this reader does not know; kept so `inspect` can list it.
     Unknown { kind: String },
 }
@@ -121,7 +128,9 @@ pub fn parse_preamble(bytes: &[u8], file_len: u64) -> Result<(u64, u64)> {
             "format version {version} is not supported (this reader knows version {VERSION})"
         )));
     }
-    let header_len = u64::from(u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")));
+    let header_len = u64::from(u32::from_le_bytes(
+        bytes[12..16].try_into().expect("4 bytes"),
+    ));
     let data_offset = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     if !(2..=MAX_HEADER_LEN).contains(&header_len) {
         return Err(Error::format(format!(
@@ -136,7 +145,9 @@ pub fn parse_preamble(bytes: &[u8], file_len: u64) -> Result<(u64, u64)> {
         )));
     }
     if data_offset % DATA_ALIGN != 0 {
-        return Err(Error::format(format!("data offset {data_offset} is not a multiple of 64")));
+        return Err(Error::format(format!(
+            "data offset {data_offset} is not a multiple of 64"
+        )));
     }
     Ok((header_len, data_offset))
 }
@@ -203,7 +214,11 @@ fn hex_exact<const N: usize>(v: &Json, what: &str) -> Result<[u8; N]> {
         _ => None,
     };
     if s.len() != 2 * N {
-        return fail(format!("{what} must be {} lowercase hex digits, got {}", 2 * N, s.len()));
+        return fail(format!(
+            "{what} must be {} lowercase hex digits, got {}",
+            2 * N,
+            s.len()
+        ));
     }
     let mut out = [0u8; N];
     for (i, pair) in s.as_bytes().chunks(2).enumerate() {
@@ -222,13 +237,21 @@ fn parse_stanza(v: &Json, i: usize) -> Result<Stanza> {
         return fail(format!("{what} has more than {MAX_STANZA_MEMBERS} members"));
     }
     for (k, val) in members {
+        if k.len() > MAX_STANZA_STRING {
+            return fail(format!("{what} has a member name longer than {MAX_STANZA_STRING} bytes"));
+        }
         match val {
             Json::Str(s) if s.len() > MAX_STANZA_STRING => {
-                return fail(format!("{what} member {k:?} is longer than {MAX_STANZA_STRING} bytes"))
+                return fail(format!(
+                    "{what} member {k:?} is longer than {MAX_STANZA_STRING} bytes"
+                ))
             }
             Json::Str(_) | Json::Int(_) => {}
             other => {
-                return fail(format!("{what} member {k:?} must be a string or integer, not {}", other.kind()))
+                return fail(format!(
+                    "{what} member {k:?} must be a string or integer, not {}",
+                    other.kind()
+                ))
             }
         }
     }
@@ -260,7 +283,9 @@ fn parse_stanza(v: &Json, i: usize) -> Result<Stanza> {
                 body: hex_exact(body, &format!("{what} body"))?,
             })
         }
-        other => Ok(Stanza::Unknown { kind: other.to_owned() }),
+        other => Ok(Stanza::Unknown {
+            kind: other.to_owned(),
+        }),
     }
 }
 
@@ -270,7 +295,12 @@ fn align_up(n: u64, a: u64) -> Option<u64> {
 
 /// Parses the header JSON and checks the layout it implies against the preamble and the file
 /// length (`spec/FORMAT.md`, "Layout").
-pub fn parse_header(json: &[u8], header_len: u64, data_offset: u64, file_len: u64) -> Result<Header> {
+pub fn parse_header(
+    json: &[u8],
+    header_len: u64,
+    data_offset: u64,
+    file_len: u64,
+) -> Result<Header> {
     let root = parse_header_json(json).map_err(Error::Format)?;
     let members = as_object(&root, "the header")?;
     let [cipher, chunk_size, stanzas, metadata, tensors] = exact_members(
@@ -281,7 +311,9 @@ pub fn parse_header(json: &[u8], header_len: u64, data_offset: u64, file_len: u6
 
     let cipher = as_str(cipher, "cipher")?;
     if cipher != CIPHER {
-        return fail(format!("cipher {cipher:?} is not supported (only {CIPHER:?})"));
+        return fail(format!(
+            "cipher {cipher:?} is not supported (only {CIPHER:?})"
+        ));
     }
     let chunk_size = as_int(chunk_size, "chunk_size")?;
     if !chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk_size) {
@@ -292,9 +324,16 @@ pub fn parse_header(json: &[u8], header_len: u64, data_offset: u64, file_len: u6
 
     let stanza_list = as_array(stanzas, "stanzas")?;
     if stanza_list.is_empty() || stanza_list.len() > MAX_STANZAS {
-        return fail(format!("the file must have 1 to {MAX_STANZAS} stanzas, it has {}", stanza_list.len()));
+        return fail(format!(
+            "the file must have 1 to {MAX_STANZAS} stanzas, it has {}",
+            stanza_list.len()
+        ));
     }
-    let stanzas = stanza_list.iter().enumerate().map(|(i, s)| parse_stanza(s, i)).collect::<Result<Vec<_>>>()?;
+    let stanzas = stanza_list
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_stanza(s, i))
+        .collect::<Result<Vec<_>>>()?;
     if stanzas.len() > 1 && stanzas.iter().any(|s| matches!(s, Stanza::Scrypt { .. })) {
         return fail("a passphrase (scrypt) stanza must be the only stanza of its file");
     }
@@ -305,7 +344,12 @@ pub fn parse_header(json: &[u8], header_len: u64, data_offset: u64, file_len: u6
     }
     let metadata = meta_members
         .iter()
-        .map(|(k, v)| Ok((k.clone(), as_str(v, &format!("metadata value of {k:?}"))?.to_owned())))
+        .map(|(k, v)| {
+            Ok((
+                k.clone(),
+                as_str(v, &format!("metadata value of {k:?}"))?.to_owned(),
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
 
     let tensor_list = as_array(tensors, "tensors")?;
@@ -320,11 +364,16 @@ pub fn parse_header(json: &[u8], header_len: u64, data_offset: u64, file_len: u6
     for (i, t) in tensor_list.iter().enumerate() {
         let what = format!("tensor {i}");
         let members = as_object(t, &what)?;
-        let [name, dtype, shape, offsets, encrypted] =
-            exact_members(members, ["name", "dtype", "shape", "offsets", "encrypted"], &what)?;
+        let [name, dtype, shape, offsets, encrypted] = exact_members(
+            members,
+            ["name", "dtype", "shape", "offsets", "encrypted"],
+            &what,
+        )?;
         let name = as_str(name, &format!("{what} name"))?;
         if name.is_empty() || name.len() > MAX_NAME_LEN {
-            return fail(format!("{what}: names must be 1 to {MAX_NAME_LEN} bytes long"));
+            return fail(format!(
+                "{what}: names must be 1 to {MAX_NAME_LEN} bytes long"
+            ));
         }
         let what = format!("tensor {name:?}");
         if !names.insert(name) {
@@ -337,17 +386,31 @@ pub fn parse_header(json: &[u8], header_len: u64, data_offset: u64, file_len: u6
         if dims.len() > MAX_DIMS {
             return fail(format!("{what}: more than {MAX_DIMS} dimensions"));
         }
-        let shape = dims.iter().map(|d| as_int(d, &format!("{what} shape"))).collect::<Result<Vec<_>>>()?;
+        let shape = dims
+            .iter()
+            .map(|d| as_int(d, &format!("{what} shape")))
+            .collect::<Result<Vec<_>>>()?;
         let nbytes = shape
             .iter()
             .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| Error::format(format!("{what}: the byte size of shape {shape:?} overflows 64 bits")))?;
+            .ok_or_else(|| {
+                Error::format(format!(
+                    "{what}: the byte size of shape {shape:?} overflows 64 bits"
+                ))
+            })?;
         let offs = as_array(offsets, &format!("{what} offsets"))?;
         if offs.len() != 2 {
             return fail(format!("{what}: offsets must be [begin, end]"));
         }
-        let (begin, end) = (as_int(&offs[0], &format!("{what} offsets"))?, as_int(&offs[1], &format!("{what} offsets"))?);
-        let want_begin = if i == 0 { 0 } else { align_up(prev_end, DATA_ALIGN).ok_or_else(overflow)? };
+        let (begin, end) = (
+            as_int(&offs[0], &format!("{what} offsets"))?,
+            as_int(&offs[1], &format!("{what} offsets"))?,
+        );
+        let want_begin = if i == 0 {
+            0
+        } else {
+            align_up(prev_end, DATA_ALIGN).ok_or_else(overflow)?
+        };
         let want_end = want_begin.checked_add(nbytes).ok_or_else(overflow)?;
         if begin != want_begin || end != want_end {
             return fail(format!(
@@ -357,7 +420,12 @@ pub fn parse_header(json: &[u8], header_len: u64, data_offset: u64, file_len: u6
         }
         let encrypted = match encrypted {
             Json::Bool(b) => *b,
-            other => return fail(format!("{what} encrypted must be a boolean, not {}", other.kind())),
+            other => {
+                return fail(format!(
+                    "{what} encrypted must be a boolean, not {}",
+                    other.kind()
+                ))
+            }
         };
         let n_chunks = nbytes.div_ceil(chunk_size).max(1);
         out.push(TensorInfo {
@@ -374,7 +442,15 @@ pub fn parse_header(json: &[u8], header_len: u64, data_offset: u64, file_len: u6
         prev_end = end;
     }
 
-    let header = Header { header_len, data_offset, chunk_size, stanzas, metadata, tensors: out, n_tags };
+    let header = Header {
+        header_len,
+        data_offset,
+        chunk_size,
+        stanzas,
+        metadata,
+        tensors: out,
+        n_tags,
+    };
     let tags_end = n_tags
         .checked_mul(TAG_LEN)
         .and_then(|t| t.checked_add(PREAMBLE_LEN + header_len + MAC_LEN))
@@ -402,14 +478,20 @@ pub fn parse_header(json: &[u8], header_len: u64, data_offset: u64, file_len: u6
 /// between tensors. `file` is the whole file.
 pub fn check_padding(header: &Header, file: &[u8]) -> Result<()> {
     let tags_end = header.tags_end() as usize;
-    if file[tags_end..header.data_offset as usize].iter().any(|&b| b != 0) {
+    if file[tags_end..header.data_offset as usize]
+        .iter()
+        .any(|&b| b != 0)
+    {
         return fail("the padding between the tag table and the data is not all zero");
     }
     let base = header.data_offset as usize;
     for pair in header.tensors.windows(2) {
         let gap = &file[base + pair[0].end as usize..base + pair[1].begin as usize];
         if gap.iter().any(|&b| b != 0) {
-            return fail(format!("the padding before tensor {:?} is not all zero", pair[1].name));
+            return fail(format!(
+                "the padding before tensor {:?} is not all zero",
+                pair[1].name
+            ));
         }
     }
     Ok(())
@@ -439,16 +521,28 @@ mod tests {
         assert!(matches!(parse_preamble(&p, 100), Err(Error::Format(_))));
         let mut bad = p.clone();
         bad[0] = b'{';
-        assert!(matches!(parse_preamble(&bad, 10_000), Err(Error::Format(_))));
+        assert!(matches!(
+            parse_preamble(&bad, 10_000),
+            Err(Error::Format(_))
+        ));
         let mut bad = p.clone();
         bad[8] = 2;
-        assert!(matches!(parse_preamble(&bad, 10_000), Err(Error::Format(_))));
+        assert!(matches!(
+            parse_preamble(&bad, 10_000),
+            Err(Error::Format(_))
+        ));
         let mut bad = p.clone();
         bad[12..16].copy_from_slice(&(200u32 << 20).to_le_bytes());
-        assert!(matches!(parse_preamble(&bad, u64::MAX), Err(Error::Format(_))));
+        assert!(matches!(
+            parse_preamble(&bad, u64::MAX),
+            Err(Error::Format(_))
+        ));
         let mut bad = p;
         bad[16] = 1;
-        assert!(matches!(parse_preamble(&bad, 10_000), Err(Error::Format(_))));
+        assert!(matches!(
+            parse_preamble(&bad, 10_000),
+            Err(Error::Format(_))
+        ));
     }
 
     fn header_json(tensors: &str) -> String {
@@ -472,7 +566,13 @@ mod tests {
         assert!(parse_header(j.as_bytes(), hl, data_offset, data_offset + 5063).is_err());
         assert!(parse_header(j.as_bytes(), hl, data_offset, data_offset + 5065).is_err());
         let bad = j.replace("[64,5064]", "[12,5012]");
-        assert!(parse_header(bad.as_bytes(), bad.len() as u64, data_offset, data_offset + 5012).is_err());
+        assert!(parse_header(
+            bad.as_bytes(),
+            bad.len() as u64,
+            data_offset,
+            data_offset + 5012
+        )
+        .is_err());
     }
 
     #[test]
@@ -480,13 +580,18 @@ mod tests {
         let j = header_json(
             r#"{"name":"a","dtype":"F64","shape":[9007199254740991,9007199254740991],"offsets":[0,0],"encrypted":true}"#,
         );
-        assert!(matches!(parse_header(j.as_bytes(), j.len() as u64, 4096, 4096), Err(Error::Format(_))));
+        assert!(matches!(
+            parse_header(j.as_bytes(), j.len() as u64, 4096, 4096),
+            Err(Error::Format(_))
+        ));
     }
 
     #[test]
     fn stanza_rules() {
         let base = |stanzas: &str| {
-            format!(r#"{{"cipher":"AES-256-GCM","chunk_size":4096,"stanzas":[{stanzas}],"metadata":{{}},"tensors":[]}}"#)
+            format!(
+                r#"{{"cipher":"AES-256-GCM","chunk_size":4096,"stanzas":[{stanzas}],"metadata":{{}},"tensors":[]}}"#
+            )
         };
         let salt = "00".repeat(16);
         let body = "ab".repeat(48);

@@ -57,7 +57,9 @@ impl<'de> Visitor<'de> for JsonVisitor {
         Err(E::custom(format!("negative number {v} is not allowed")))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json, E> {
-        Err(E::custom(format!("number {v} is not an integer (fractions and exponents are not allowed)")))
+        Err(E::custom(format!(
+            "number {v} is not an integer (fractions and exponents are not allowed)"
+        )))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Json, E> {
         Ok(Json::Str(v.to_owned()))

@@ -67,7 +67,13 @@ fn scrypt_wrap_key(passphrase: &str, salt: &[u8; SALT_LEN], log_n: u8) -> Result
 
 fn unwrap_body(wrap_key: &SecretKey, body: &[u8; BODY_LEN]) -> Option<SecretKey> {
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    let ok = GcmKey::new(wrap_key).open_into(ZERO_NONCE, b"", &body[..KEY_LEN], &body[KEY_LEN..], &mut out[..]);
+    let ok = GcmKey::new(wrap_key).open_into(
+        ZERO_NONCE,
+        b"",
+        &body[..KEY_LEN],
+        &body[KEY_LEN..],
+        &mut out[..],
+    );
     ok.then_some(out)
 }
 
@@ -107,7 +113,9 @@ pub fn open_stanzas(stanzas: &[Stanza], cred: &Credential) -> Result<SecretKey> 
                     if let Some(fk) = unwrap_body(&scrypt_wrap_key(p, salt, *log_n)?, body) {
                         return Ok(fk);
                     }
-                    return Err(Error::WrongKey("no key opens this file: wrong passphrase".into()));
+                    return Err(Error::WrongKey(
+                        "no key opens this file: wrong passphrase".into(),
+                    ));
                 }
             }
             Err(Error::WrongKey(format!(
@@ -119,7 +127,11 @@ pub fn open_stanzas(stanzas: &[Stanza], cred: &Credential) -> Result<SecretKey> 
 }
 
 fn kinds(stanzas: &[Stanza]) -> String {
-    stanzas.iter().map(|s| s.kind()).collect::<Vec<_>>().join(", ")
+    stanzas
+        .iter()
+        .map(|s| s.kind())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Makes a stanza that wraps `file_key` for `cred` with a fresh random salt.
@@ -127,10 +139,15 @@ pub fn make_stanza(file_key: &SecretKey, cred: &Credential, log_n: u8) -> Result
     let mut salt = [0u8; SALT_LEN];
     crypto::random(&mut salt)?;
     Ok(match cred {
-        Credential::Key(key) => Stanza::Key { salt, body: wrap_body(&key_wrap_key(key, &salt), file_key) },
-        Credential::Passphrase(p) => {
-            Stanza::Scrypt { salt, log_n, body: wrap_body(&scrypt_wrap_key(p, &salt, log_n)?, file_key) }
-        }
+        Credential::Key(key) => Stanza::Key {
+            salt,
+            body: wrap_body(&key_wrap_key(key, &salt), file_key),
+        },
+        Credential::Passphrase(p) => Stanza::Scrypt {
+            salt,
+            log_n,
+            body: wrap_body(&scrypt_wrap_key(p, &salt, log_n)?, file_key),
+        },
     })
 }
 
@@ -143,11 +160,17 @@ mod tests {
         let fk = Zeroizing::new([9u8; 32]);
         let a = Credential::key(&[1u8; 32]).unwrap();
         let b = Credential::key(&[2u8; 32]).unwrap();
-        let s = vec![make_stanza(&fk, &a, 0).unwrap(), make_stanza(&fk, &b, 0).unwrap()];
+        let s = vec![
+            make_stanza(&fk, &a, 0).unwrap(),
+            make_stanza(&fk, &b, 0).unwrap(),
+        ];
         assert_eq!(*open_stanzas(&s, &b).unwrap(), *fk);
         let c = Credential::key(&[3u8; 32]).unwrap();
         assert!(matches!(open_stanzas(&s, &c), Err(Error::WrongKey(_))));
-        assert!(matches!(Credential::key(&[0u8; 31]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            Credential::key(&[0u8; 31]),
+            Err(Error::InvalidArgument(_))
+        ));
         assert!(!format!("{c:?}").contains('3'));
     }
 
@@ -159,6 +182,9 @@ mod tests {
         assert_eq!(*open_stanzas(&s, &p).unwrap(), *fk);
         let q = Credential::passphrase("wrong horse").unwrap();
         assert!(matches!(open_stanzas(&s, &q), Err(Error::WrongKey(_))));
-        assert!(matches!(make_stanza(&fk, &p, 30), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            make_stanza(&fk, &p, 30),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

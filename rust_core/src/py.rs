@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyFileExistsError, PyFileNotFoundError, PyIsADirectoryError, PyOSError, PyPermissionError, PyValueError};
+use pyo3::exceptions::{
+    PyFileExistsError, PyFileNotFoundError, PyIsADirectoryError, PyOSError, PyPermissionError,
+    PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -42,8 +45,12 @@ fn credential(key: Option<&[u8]>, passphrase: Option<&str>) -> PyResult<Credenti
     match (key, passphrase) {
         (Some(k), None) => Ok(Credential::key(k)?),
         (None, Some(p)) => Ok(Credential::passphrase(p)?),
-        (None, None) => Err(PyValueError::new_err("give a key or a passphrase to open this file")),
-        (Some(_), Some(_)) => Err(PyValueError::new_err("give either a key or a passphrase, not both")),
+        (None, None) => Err(PyValueError::new_err(
+            "give a key or a passphrase to open this file",
+        )),
+        (Some(_), Some(_)) => Err(PyValueError::new_err(
+            "give either a key or a passphrase, not both",
+        )),
     }
 }
 
@@ -65,7 +72,11 @@ fn hold(obj: &Bound<'_, PyAny>, writable: bool, what: &str) -> PyResult<Held> {
         return Err(PyValueError::new_err(format!("{what} is not C-contiguous")));
     }
     let (ptr, len) = (buf.buf_ptr() as usize, buf.len_bytes());
-    Ok(Held { _buf: buf, ptr, len })
+    Ok(Held {
+        _buf: buf,
+        ptr,
+        len,
+    })
 }
 
 impl Held {
@@ -95,7 +106,18 @@ impl Held {
 type TensorRow = (String, &'static str, Vec<u64>, bool, u64);
 
 fn tensor_rows(h: &Header) -> Vec<TensorRow> {
-    h.tensors.iter().map(|t| (t.name.clone(), t.dtype.name(), t.shape.clone(), t.encrypted, t.nbytes())).collect()
+    h.tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.dtype.name(),
+                t.shape.clone(),
+                t.encrypted,
+                t.nbytes(),
+            )
+        })
+        .collect()
 }
 
 /// Everything `inspect` shows: (tensors, metadata, stanza types, chunk size, file length).
@@ -121,7 +143,12 @@ struct PyReader {
 impl PyReader {
     #[new]
     #[pyo3(signature = (path, *, key=None, passphrase=None))]
-    fn new(py: Python<'_>, path: PathBuf, key: Option<&[u8]>, passphrase: Option<&str>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        key: Option<&[u8]>,
+        passphrase: Option<&str>,
+    ) -> PyResult<Self> {
         let cred = credential(key, passphrase)?;
         let inner = py.detach(|| Reader::open(&path, &cred))?;
         Ok(PyReader { inner })
@@ -129,7 +156,12 @@ impl PyReader {
 
     #[staticmethod]
     #[pyo3(signature = (data, *, key=None, passphrase=None))]
-    fn from_bytes(py: Python<'_>, data: &[u8], key: Option<&[u8]>, passphrase: Option<&str>) -> PyResult<Self> {
+    fn from_bytes(
+        py: Python<'_>,
+        data: &[u8],
+        key: Option<&[u8]>,
+        passphrase: Option<&str>,
+    ) -> PyResult<Self> {
         let cred = credential(key, passphrase)?;
         let data = data.to_vec();
         let inner = py.detach(|| Reader::from_bytes(data, &cred))?;
@@ -167,7 +199,8 @@ impl PyReader {
             .iter()
             .map(|(i, d)| Ok((*i, hold(d, true, "a destination")?)))
             .collect::<PyResult<Vec<_>>>()?;
-        let raw: Vec<(usize, usize, usize)> = held.iter().map(|(i, h)| (*i, h.ptr, h.len)).collect();
+        let raw: Vec<(usize, usize, usize)> =
+            held.iter().map(|(i, h)| (*i, h.ptr, h.len)).collect();
         let mut seen = std::collections::HashSet::new();
         if !raw.iter().all(|&(_, p, n)| n == 0 || seen.insert(p)) {
             return Err(PyValueError::new_err("destinations must not share memory"));
@@ -187,7 +220,13 @@ impl PyReader {
 
     /// Decrypts bytes `[start, start + len(dst))` of tensor `index`, verifying only the chunks
     /// that cover them.
-    fn read_range_into(&self, py: Python<'_>, index: usize, start: u64, dst: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn read_range_into(
+        &self,
+        py: Python<'_>,
+        index: usize,
+        start: u64,
+        dst: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let held = hold(dst, true, "the destination")?;
         let (ptr, len) = (held.ptr, held.len);
         py.detach(|| {
@@ -233,19 +272,32 @@ fn prepare(
     log_n: u8,
     chunk_size: u64,
 ) -> PyResult<Prepared> {
-    let mut credentials = keys.iter().map(|k| Credential::key(k)).collect::<Result<Vec<_>, _>>()?;
+    let mut credentials = keys
+        .iter()
+        .map(|k| Credential::key(k))
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(p) = passphrase {
         credentials.push(Credential::passphrase(p)?);
     }
     let mut specs = Vec::with_capacity(tensors.len());
     let mut held = Vec::with_capacity(tensors.len());
     for (name, dtype, shape, data, encrypted) in tensors {
-        let dt = Dtype::parse(&dtype).ok_or_else(|| PyValueError::new_err(format!("unknown dtype {dtype:?}")))?;
+        let dt = Dtype::parse(&dtype)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown dtype {dtype:?}")))?;
         let h = hold(&data, false, &format!("the data of tensor {name:?}"))?;
         specs.push((name, dt, shape, h.ptr, h.len, encrypted));
         held.push(h);
     }
-    Ok(Prepared { specs, _held: held, opts: WriteOptions { chunk_size, metadata, credentials, log_n } })
+    Ok(Prepared {
+        specs,
+        _held: held,
+        opts: WriteOptions {
+            chunk_size,
+            metadata,
+            credentials,
+            log_n,
+        },
+    })
 }
 
 impl Prepared {

@@ -32,14 +32,18 @@ impl Source {
 fn map_file(path: &Path) -> Result<Source> {
     let shown = path.display().to_string();
     let file = File::open(path).map_err(|e| Error::io(e, format!("cannot open {shown}")))?;
-    let len = file.metadata().map_err(|e| Error::io(e, format!("cannot stat {shown}")))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(e, format!("cannot stat {shown}")))?
+        .len();
     if len == 0 {
         return Ok(Source::Owned(Vec::new()));
     }
     // SAFETY: the map is read-only and private to this process. Another process could still
     // truncate or rewrite the file while it is mapped; writers of enctensor files replace
     // them by rename, which leaves this mapping on the old inode.
-    let map = unsafe { MmapOptions::new().map(&file) }.map_err(|e| Error::io(e, format!("cannot map {shown}")))?;
+    let map = unsafe { MmapOptions::new().map(&file) }
+        .map_err(|e| Error::io(e, format!("cannot map {shown}")))?;
     // Loads read the data section front to back, usually whole; ask for read-ahead.
     let _ = map.advise(Advice::Sequential);
     Ok(Source::Map(map))
@@ -84,7 +88,10 @@ impl Reader {
         let mac_at = header.mac_offset() as usize;
         let expected = crypto::header_mac(
             &file_key,
-            &[&bytes[..mac_at], &bytes[header.tags_offset() as usize..header.tags_end() as usize]],
+            &[
+                &bytes[..mac_at],
+                &bytes[header.tags_offset() as usize..header.tags_end() as usize],
+            ],
         );
         if !crypto::ct_eq(&expected, &bytes[mac_at..mac_at + MAC_LEN as usize]) {
             return Err(Error::Integrity(format!(
@@ -92,7 +99,12 @@ impl Reader {
                  corrupted (the key opened a stanza, so it is the right key)"
             )));
         }
-        Ok(Reader { src, header, file_key, name })
+        Ok(Reader {
+            src,
+            header,
+            file_key,
+            name,
+        })
     }
 
     pub fn header(&self) -> &Header {
@@ -175,10 +187,20 @@ impl Reader {
         let mut work = Vec::new();
         for (k, (idx, out)) in jobs.iter_mut().enumerate() {
             if out.is_empty() {
-                work.push(Work { tensor: *idx, key: k, chunk: 0, out: &mut [] });
+                work.push(Work {
+                    tensor: *idx,
+                    key: k,
+                    chunk: 0,
+                    out: &mut [],
+                });
             }
             for (j, piece) in out.chunks_mut(cs).enumerate() {
-                work.push(Work { tensor: *idx, key: k, chunk: j as u64, out: piece });
+                work.push(Work {
+                    tensor: *idx,
+                    key: k,
+                    chunk: j as u64,
+                    out: piece,
+                });
             }
         }
         let result = self.run(&keys, work);
@@ -198,9 +220,16 @@ impl Reader {
     /// covers them (and only those).
     pub fn read_range_into(&self, idx: usize, start: u64, out: &mut [u8]) -> Result<()> {
         let t = self.tensor(idx)?;
-        let end = start.checked_add(out.len() as u64).filter(|&e| e <= t.nbytes()).ok_or_else(|| {
-            Error::InvalidArgument(format!("byte range is outside tensor {:?} ({} bytes)", t.name, t.nbytes()))
-        })?;
+        let end = start
+            .checked_add(out.len() as u64)
+            .filter(|&e| e <= t.nbytes())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "byte range is outside tensor {:?} ({} bytes)",
+                    t.name,
+                    t.nbytes()
+                ))
+            })?;
         if out.is_empty() {
             return Ok(());
         }
@@ -242,13 +271,18 @@ impl Reader {
             .enumerate()
             .flat_map(|(i, t)| (0..t.n_chunks).map(move |j| (i, j)))
             .collect();
-        let keys: Vec<GcmKey> =
-            self.header.tensors.par_iter().map(|t| crypto::tensor_key(&self.file_key, &t.name)).collect();
-        work.into_par_iter().try_for_each_init(Vec::new, |scratch, (i, j)| {
-            let t = &self.header.tensors[i];
-            scratch.resize(self.chunk_len(t, j), 0);
-            self.open_chunk(t, &keys[i], j, scratch)
-        })
+        let keys: Vec<GcmKey> = self
+            .header
+            .tensors
+            .par_iter()
+            .map(|t| crypto::tensor_key(&self.file_key, &t.name))
+            .collect();
+        work.into_par_iter()
+            .try_for_each_init(Vec::new, |scratch, (i, j)| {
+                let t = &self.header.tensors[i];
+                scratch.resize(self.chunk_len(t, j), 0);
+                self.open_chunk(t, &keys[i], j, scratch)
+            })
     }
 
     /// The file key, for re-keying. Crate-internal: never exposed to Python.

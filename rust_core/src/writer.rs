@@ -13,7 +13,9 @@ use zeroize::Zeroizing;
 use crate::crypto::{self, SecretKey, KEY_LEN, TAG_LEN};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::header::{self, Stanza, CIPHER, DATA_ALIGN, MAGIC, MAX_CHUNK, MAX_NAME_LEN, MIN_CHUNK, VERSION};
+use crate::header::{
+    self, Stanza, CIPHER, DATA_ALIGN, MAGIC, MAX_CHUNK, MAX_NAME_LEN, MIN_CHUNK, VERSION,
+};
 use crate::keys::{make_stanza, Credential};
 
 /// Writers page-align the data section so that tensor data can be mapped page by page.
@@ -42,7 +44,12 @@ pub struct WriteOptions {
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions { chunk_size: DEFAULT_CHUNK, metadata: Vec::new(), credentials: Vec::new(), log_n: DEFAULT_LOG_N }
+        WriteOptions {
+            chunk_size: DEFAULT_CHUNK,
+            metadata: Vec::new(),
+            credentials: Vec::new(),
+            log_n: DEFAULT_LOG_N,
+        }
     }
 }
 
@@ -54,9 +61,15 @@ fn check_inputs(tensors: &[TensorSource], opts: &WriteOptions) -> Result<()> {
     if opts.credentials.is_empty() {
         return invalid("nothing to encrypt to: give a key or a passphrase");
     }
-    let passphrases = opts.credentials.iter().filter(|c| matches!(c, Credential::Passphrase(_))).count();
+    let passphrases = opts
+        .credentials
+        .iter()
+        .filter(|c| matches!(c, Credential::Passphrase(_)))
+        .count();
     if passphrases > 0 && opts.credentials.len() > 1 {
-        return invalid("a passphrase cannot be combined with other keys or passphrases in one file");
+        return invalid(
+            "a passphrase cannot be combined with other keys or passphrases in one file",
+        );
     }
     if !opts.chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&opts.chunk_size) {
         return invalid(format!(
@@ -67,12 +80,18 @@ fn check_inputs(tensors: &[TensorSource], opts: &WriteOptions) -> Result<()> {
     let mut seen = HashSet::new();
     for t in tensors {
         if t.name.is_empty() || t.name.len() > MAX_NAME_LEN {
-            return invalid(format!("tensor names must be 1 to {MAX_NAME_LEN} bytes long: {:?}", t.name));
+            return invalid(format!(
+                "tensor names must be 1 to {MAX_NAME_LEN} bytes long: {:?}",
+                t.name
+            ));
         }
         if !seen.insert(t.name.as_str()) {
             return invalid(format!("duplicate tensor name {:?}", t.name));
         }
-        let nbytes = t.shape.iter().try_fold(t.dtype.size(), |a, &d| a.checked_mul(d));
+        let nbytes = t
+            .shape
+            .iter()
+            .try_fold(t.dtype.size(), |a, &d| a.checked_mul(d));
         if nbytes != Some(t.data.len() as u64) {
             return invalid(format!(
                 "tensor {:?}: {} bytes of data do not match dtype {} and shape {:?}",
@@ -94,7 +113,11 @@ fn stanza_json(s: &Stanza) -> String {
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     match s {
         Stanza::Key { salt, body } => {
-            format!(r#"{{"type":"key","salt":"{}","body":"{}"}}"#, hex(salt), hex(body))
+            format!(
+                r#"{{"type":"key","salt":"{}","body":"{}"}}"#,
+                hex(salt),
+                hex(body)
+            )
         }
         Stanza::Scrypt { salt, log_n, body } => format!(
             r#"{{"type":"scrypt","salt":"{}","log_n":{log_n},"body":"{}"}}"#,
@@ -110,7 +133,11 @@ fn align_up(n: u64, a: u64) -> u64 {
 }
 
 /// Serializes the header for `tensors` and returns `(json, per-tensor begin offsets, chunk counts)`.
-fn build_header(tensors: &[TensorSource], opts: &WriteOptions, stanzas: &[Stanza]) -> (Vec<u8>, Vec<u64>, Vec<u64>) {
+fn build_header(
+    tensors: &[TensorSource],
+    opts: &WriteOptions,
+    stanzas: &[Stanza],
+) -> (Vec<u8>, Vec<u64>, Vec<u64>) {
     let mut begins = Vec::with_capacity(tensors.len());
     let mut chunks = Vec::with_capacity(tensors.len());
     let mut end = 0u64;
@@ -120,7 +147,12 @@ fn build_header(tensors: &[TensorSource], opts: &WriteOptions, stanzas: &[Stanza
         end = begin + t.data.len() as u64;
         begins.push(begin);
         chunks.push((t.data.len() as u64).div_ceil(opts.chunk_size).max(1));
-        let shape = t.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let shape = t
+            .shape
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         entries.push(format!(
             r#"{{"name":{},"dtype":"{}","shape":[{shape}],"offsets":[{begin},{end}],"encrypted":{}}}"#,
             json_str(&t.name),
@@ -128,9 +160,17 @@ fn build_header(tensors: &[TensorSource], opts: &WriteOptions, stanzas: &[Stanza
             t.encrypted
         ));
     }
-    let metadata =
-        opts.metadata.iter().map(|(k, v)| format!("{}:{}", json_str(k), json_str(v))).collect::<Vec<_>>().join(",");
-    let stanzas = stanzas.iter().map(stanza_json).collect::<Vec<_>>().join(",");
+    let metadata = opts
+        .metadata
+        .iter()
+        .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let stanzas = stanzas
+        .iter()
+        .map(stanza_json)
+        .collect::<Vec<_>>()
+        .join(",");
     let json = format!(
         r#"{{"cipher":"{CIPHER}","chunk_size":{},"stanzas":[{stanzas}],"metadata":{{{metadata}}},"tensors":[{}]}}"#,
         opts.chunk_size,
@@ -144,7 +184,11 @@ fn io_err(e: std::io::Error) -> Error {
 }
 
 /// Writes a complete file to `w` and returns the number of bytes written.
-pub fn write_to<W: Write + Seek>(w: &mut W, tensors: &[TensorSource], opts: &WriteOptions) -> Result<u64> {
+pub fn write_to<W: Write + Seek>(
+    w: &mut W,
+    tensors: &[TensorSource],
+    opts: &WriteOptions,
+) -> Result<u64> {
     check_inputs(tensors, opts)?;
     let mut file_key: SecretKey = Zeroizing::new([0u8; KEY_LEN]);
     crypto::random(&mut file_key[..])?;
@@ -156,7 +200,9 @@ pub fn write_to<W: Write + Seek>(w: &mut W, tensors: &[TensorSource], opts: &Wri
     let (json, begins, chunks) = build_header(tensors, opts, &stanzas);
     let header_len = json.len() as u64;
     if header_len > header::MAX_HEADER_LEN {
-        return invalid(format!("the header would be {header_len} bytes, more than the format allows"));
+        return invalid(format!(
+            "the header would be {header_len} bytes, more than the format allows"
+        ));
     }
     let n_tags: u64 = chunks.iter().sum();
     let tags_offset = header::PREAMBLE_LEN + header_len + header::MAC_LEN;
@@ -170,7 +216,10 @@ pub fn write_to<W: Write + Seek>(w: &mut W, tensors: &[TensorSource], opts: &Wri
     preamble.extend_from_slice(&data_offset.to_le_bytes());
     // Validate what we are about to write with the reader's own parser: a writer bug must
     // never produce a file that readers reject.
-    let file_len = data_offset + tensors.last().map_or(0, |t| begins[begins.len() - 1] + t.data.len() as u64);
+    let file_len = data_offset
+        + tensors
+            .last()
+            .map_or(0, |t| begins[begins.len() - 1] + t.data.len() as u64);
     header::parse_header(&json, header_len, data_offset, file_len)
         .map_err(|e| Error::InvalidArgument(format!("cannot write this header: {e}")))?;
 
@@ -187,7 +236,11 @@ pub fn write_to<W: Write + Seek>(w: &mut W, tensors: &[TensorSource], opts: &Wri
         let key = crypto::tensor_key(&file_key, &t.name);
         let m = chunks[i];
         if t.data.is_empty() {
-            tags.push(if t.encrypted { key.seal(crypto::chunk_nonce(0, 1), b"", &mut []) } else { key.gmac(crypto::chunk_nonce(0, 1), b"") });
+            tags.push(if t.encrypted {
+                key.seal(crypto::chunk_nonce(0, 1), b"", &mut [])
+            } else {
+                key.gmac(crypto::chunk_nonce(0, 1), b"")
+            });
         }
         let per_batch = (BATCH_BYTES / cs).max(1);
         for (b, group) in t.data.chunks(cs * per_batch).enumerate() {
@@ -221,7 +274,8 @@ pub fn write_to<W: Write + Seek>(w: &mut W, tensors: &[TensorSource], opts: &Wri
     debug_assert_eq!(tags.len() as u64, n_tags);
     let tag_bytes: Vec<u8> = tags.concat();
     let mac = crypto::header_mac(&file_key, &[&preamble, &json, &tag_bytes]);
-    w.seek(SeekFrom::Start(header::PREAMBLE_LEN + header_len)).map_err(io_err)?;
+    w.seek(SeekFrom::Start(header::PREAMBLE_LEN + header_len))
+        .map_err(io_err)?;
     w.write_all(&mac).map_err(io_err)?;
     w.write_all(&tag_bytes).map_err(io_err)?;
     w.seek(SeekFrom::Start(data_offset + pos)).map_err(io_err)?;
@@ -251,7 +305,11 @@ impl Drop for TempFile {
 }
 
 /// Writes `path` atomically: a crash or error leaves any previous file at `path` intact.
-pub fn write_file_atomic(path: &Path, tensors: &[TensorSource], opts: &WriteOptions) -> Result<u64> {
+pub fn write_file_atomic(
+    path: &Path,
+    tensors: &[TensorSource],
+    opts: &WriteOptions,
+) -> Result<u64> {
     let shown = path.display().to_string();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -277,8 +335,11 @@ pub fn write_file_atomic(path: &Path, tensors: &[TensorSource], opts: &WriteOpti
         Error::Io(err, _) => Error::io(err, format!("cannot write {shown}")),
         other => other,
     })?;
-    let file: File = w.into_inner().map_err(|e| Error::io(e.into_error(), format!("cannot write {shown}")))?;
-    file.sync_all().map_err(|e| Error::io(e, format!("cannot sync {shown}")))?;
+    let file: File = w
+        .into_inner()
+        .map_err(|e| Error::io(e.into_error(), format!("cannot write {shown}")))?;
+    file.sync_all()
+        .map_err(|e| Error::io(e, format!("cannot sync {shown}")))?;
     drop(file);
     fs::rename(&tmp_path, path).map_err(|e| Error::io(e, format!("cannot replace {shown}")))?;
     std::mem::forget(guard);

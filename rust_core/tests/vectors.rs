@@ -1,0 +1,72 @@
+//! Runs every vector in `spec/vectors/` through the Rust reader and checks the expected class.
+
+use std::path::PathBuf;
+
+use enctensor_core::{Credential, Error, Reader};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn vectors_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec/vectors")
+}
+
+fn run(meta: &Value, file: Vec<u8>) -> Result<Vec<(String, String)>, Error> {
+    let cred = match (meta.get("key"), meta.get("passphrase")) {
+        (Some(k), _) => Credential::key(&hex::decode(k.as_str().unwrap()).unwrap())?,
+        (None, Some(p)) => Credential::passphrase(p.as_str().unwrap())?,
+        (None, None) => Credential::key(&[0u8; 32])?,
+    };
+    let r = Reader::from_bytes(file, &cred)?;
+    let mut out = Vec::new();
+    for (i, t) in r.header().tensors.iter().enumerate() {
+        let mut buf = vec![0u8; t.nbytes() as usize];
+        r.read_into(i, &mut buf)?;
+        out.push((t.name.clone(), hex::encode(Sha256::digest(&buf))));
+    }
+    Ok(out)
+}
+
+#[test]
+fn all_vectors() {
+    let mut n = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(vectors_dir())
+        .expect("spec/vectors exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    entries.sort();
+    for json_path in entries {
+        let meta: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+        let file = std::fs::read(json_path.with_extension("enct")).unwrap();
+        let expect = meta["expect"].as_str().unwrap();
+        let got = run(&meta, file);
+        let name = json_path
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        match (expect, &got) {
+            ("success", Ok(tensors)) => {
+                let want: Vec<(String, String)> = meta["tensors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| {
+                        (
+                            t["name"].as_str().unwrap().to_owned(),
+                            t["sha256"].as_str().unwrap().to_owned(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(&want, tensors, "{name}");
+            }
+            ("format failure", Err(Error::Format(_)))
+            | ("no match", Err(Error::WrongKey(_)))
+            | ("header failure", Err(Error::Integrity(_)))
+            | ("payload failure", Err(Error::Integrity(_))) => {}
+            _ => panic!("{name}: expected {expect}, got {got:?}"),
+        }
+        n += 1;
+    }
+    assert!(n >= 20, "only {n} vectors found");
+}
