@@ -238,7 +238,9 @@ fn parse_stanza(v: &Json, i: usize) -> Result<Stanza> {
     }
     for (k, val) in members {
         if k.len() > MAX_STANZA_STRING {
-            return fail(format!("{what} has a member name longer than {MAX_STANZA_STRING} bytes"));
+            return fail(format!(
+                "{what} has a member name longer than {MAX_STANZA_STRING} bytes"
+            ));
         }
         match val {
             Json::Str(s) if s.len() > MAX_STANZA_STRING => {
@@ -390,9 +392,13 @@ pub fn parse_header(
             .iter()
             .map(|d| as_int(d, &format!("{what} shape")))
             .collect::<Result<Vec<_>>>()?;
+        // The product of the non-zero dimensions must fit even when another dimension is
+        // zero, so that the check does not depend on the order of the dimensions.
         let nbytes = shape
             .iter()
+            .filter(|&&d| d != 0)
             .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+            .map(|n| if shape.contains(&0) { 0 } else { n })
             .ok_or_else(|| {
                 Error::format(format!(
                     "{what}: the byte size of shape {shape:?} overflows 64 bits"

@@ -318,7 +318,7 @@ impl Prepared {
 
 /// Writes an encrypted file atomically. `tensors` is `[(name, dtype, shape, buffer, encrypted)]`.
 #[pyfunction]
-#[pyo3(signature = (path, tensors, *, metadata, keys, passphrase=None, log_n=writer::DEFAULT_LOG_N, chunk_size=writer::DEFAULT_CHUNK))]
+#[pyo3(signature = (path, tensors, *, metadata, keys, passphrase=None, log_n=18, chunk_size=1048576))]
 #[allow(clippy::too_many_arguments)]
 fn write_file(
     py: Python<'_>,
@@ -337,7 +337,7 @@ fn write_file(
 
 /// Like `write_file`, returning the file as `bytes`.
 #[pyfunction]
-#[pyo3(signature = (tensors, *, metadata, keys, passphrase=None, log_n=writer::DEFAULT_LOG_N, chunk_size=writer::DEFAULT_CHUNK))]
+#[pyo3(signature = (tensors, *, metadata, keys, passphrase=None, log_n=18, chunk_size=1048576))]
 fn write_bytes<'py>(
     py: Python<'py>,
     tensors: Vec<TensorIn<'py>>,

@@ -1,0 +1,63 @@
+"""Type stubs for the Rust extension ``enctensor._core`` (checked with ``mypy.stubtest``)."""
+
+from collections.abc import Sequence
+from os import PathLike
+from typing import Any, final
+
+from typing_extensions import Buffer
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Reader",
+    "__version__",
+    "inspect_bytes",
+    "inspect_file",
+    "write_bytes",
+    "write_file",
+]
+__version__: str
+FORMAT_VERSION: int
+
+# (name, dtype, shape, encrypted, nbytes)
+_TensorRow = tuple[str, str, list[int], bool, int]
+# (tensors, metadata, stanza types, chunk size, file length)
+_Inspection = tuple[list[_TensorRow], list[tuple[str, str]], list[str], int, int]
+# (name, dtype, shape, uint8 buffer, encrypted)
+_TensorIn = tuple[str, str, Sequence[int], Any, bool]
+
+@final
+class Reader:
+    def __new__(
+        cls, path: str | PathLike[str], *, key: bytes | None = None, passphrase: str | None = None
+    ) -> Reader: ...
+    @staticmethod
+    def from_bytes(data: bytes, *, key: bytes | None = None, passphrase: str | None = None) -> Reader: ...
+    def tensors(self) -> list[_TensorRow]: ...
+    def metadata(self) -> list[tuple[str, str]]: ...
+    def inspect(self) -> _Inspection: ...
+    def read_into(self, index: int, dst: Buffer) -> None: ...
+    def read_many_into(self, jobs: Sequence[tuple[int, Buffer]]) -> None: ...
+    def read_range_into(self, index: int, start: int, dst: Buffer) -> None: ...
+    def verify(self) -> None: ...
+
+def inspect_file(path: str | PathLike[str]) -> _Inspection: ...
+def inspect_bytes(data: bytes) -> _Inspection: ...
+def write_file(
+    path: str | PathLike[str],
+    tensors: Sequence[_TensorIn],
+    *,
+    metadata: Sequence[tuple[str, str]],
+    keys: Sequence[bytes],
+    passphrase: str | None = None,
+    log_n: int = 18,
+    chunk_size: int = 1048576,
+) -> int: ...
+def write_bytes(
+    tensors: Sequence[_TensorIn],
+    *,
+    metadata: Sequence[tuple[str, str]],
+    keys: Sequence[bytes],
+    passphrase: str | None = None,
+    log_n: int = 18,
+    chunk_size: int = 1048576,
+) -> bytes: ...
