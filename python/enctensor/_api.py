@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -105,7 +105,9 @@ def save(
     but still authenticated.
     """
     rows = _tensor_rows(tensors, plaintext)
-    _core.write_file(os.fspath(path), rows, **_write_args(key, passphrase, metadata, chunk_size, scrypt_log_n))
+    _core.write_file(
+        os.fspath(path), rows, **_write_args(key, passphrase, metadata, chunk_size, scrypt_log_n)
+    )
 
 
 def save_bytes(
@@ -210,11 +212,13 @@ class TensorSlice:
         size = dt.itemsize
         buf = aligned_empty((p.hi - p.lo + 1) * size)
         self._handle._reader_or_raise().read_range_into(self._index, p.lo * size, buf)
-        view = np.ndarray(p.shape, dtype=dt, buffer=buf, offset=p.offset * size, strides=[s * size for s in p.strides])
+        view = np.ndarray(
+            p.shape, dtype=dt, buffer=buf, offset=p.offset * size, strides=[s * size for s in p.strides]
+        )
         return self._handle._convert(np.ascontiguousarray(view), self._dtype)
 
 
-class safe_open:  # noqa: N801 - named like safetensors.safe_open, which it mirrors
+class safe_open:
     """Opens an encrypted file for random access: ``keys()``, ``metadata()``,
     ``get_tensor(name)``, ``get_slice(name)[...]``. The key is checked and the header
     authenticated on open; each tensor is verified as it is read."""
@@ -232,7 +236,7 @@ class safe_open:  # noqa: N801 - named like safetensors.safe_open, which it mirr
         self._rows = {row[0]: (i, row) for i, row in enumerate(self._reader.tensors())}
         self._metadata = dict(self._reader.metadata())
 
-    def __enter__(self) -> safe_open:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

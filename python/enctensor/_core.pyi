@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from os import PathLike
-from typing import Any, final
+from typing import Any, TypeAlias, final
 
 from typing_extensions import Buffer
 
@@ -19,11 +19,11 @@ __version__: str
 FORMAT_VERSION: int
 
 # (name, dtype, shape, encrypted, nbytes)
-_TensorRow = tuple[str, str, list[int], bool, int]
+_TensorRow: TypeAlias = tuple[str, str, list[int], bool, int]
 # (tensors, metadata, stanza types, chunk size, file length)
-_Inspection = tuple[list[_TensorRow], list[tuple[str, str]], list[str], int, int]
+_Inspection: TypeAlias = tuple[list[_TensorRow], list[tuple[str, str]], list[str], int, int]
 # (name, dtype, shape, uint8 buffer, encrypted)
-_TensorIn = tuple[str, str, Sequence[int], Any, bool]
+_TensorIn: TypeAlias = tuple[str, str, Sequence[int], Any, bool]
 
 @final
 class Reader:

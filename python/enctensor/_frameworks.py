@@ -8,7 +8,10 @@ from typing import Any
 import numpy as np
 
 # name -> function(numpy array, format dtype name) -> framework tensor.
-_CONVERTERS: dict[str, Callable[[np.ndarray, str], Any]] = {"numpy": lambda a, _dtype: a, "np": lambda a, _d: a}
+_CONVERTERS: dict[str, Callable[[np.ndarray, str], Any]] = {
+    "numpy": lambda a, _dtype: a,
+    "np": lambda a, _d: a,
+}
 
 
 def register(names: tuple[str, ...], fn: Callable[[np.ndarray, str], Any]) -> None:
