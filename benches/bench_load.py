@@ -18,9 +18,10 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import enctensor
 import numpy as np
 import safetensors.numpy
+
+import enctensor
 
 KEY = bytes(range(32))
 

@@ -6,13 +6,14 @@ import os
 import threading
 from pathlib import Path
 
-import enctensor
 import numpy as np
 import pytest
 from conftest import ALL_DTYPES, KEY, OTHER_KEY, same, sample_array
-from enctensor import FormatError, IntegrityError, TensorNotFoundError, WrongKeyError
 from hypothesis import given
 from hypothesis import strategies as st
+
+import enctensor
+from enctensor import FormatError, IntegrityError, TensorNotFoundError, WrongKeyError
 
 
 def test_round_trip_every_dtype(tmp_path: Path, tensors: dict[str, np.ndarray]) -> None:

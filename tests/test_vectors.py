@@ -263,8 +263,9 @@ def rust_error_classes() -> dict[str, type[BaseException]]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_rust_load_bytes(name: str) -> None:
-    import enctensor
     import numpy as np
+
+    import enctensor
 
     v = load_vector(name)
     if v.expect != "success":
