@@ -8,7 +8,10 @@ use enctensor_core::{
 
 const KEY: [u8; 32] = [0x42; 32];
 
-fn sample() -> Vec<(String, Dtype, Vec<u64>, Vec<u8>, bool)> {
+/// (name, dtype, shape, bytes, encrypted)
+type Spec = (String, Dtype, Vec<u64>, Vec<u8>, bool);
+
+fn sample() -> Vec<Spec> {
     let big: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i * 7 % 251) as u8).collect();
     vec![
         ("w".into(), Dtype::F32, vec![2, 3], (0..24).collect(), true),
@@ -31,7 +34,7 @@ fn sample() -> Vec<(String, Dtype, Vec<u64>, Vec<u8>, bool)> {
     ]
 }
 
-fn write(tensors: &[(String, Dtype, Vec<u64>, Vec<u8>, bool)], creds: Vec<Credential>) -> Vec<u8> {
+fn write(tensors: &[Spec], creds: Vec<Credential>) -> Vec<u8> {
     let sources: Vec<TensorSource> = tensors
         .iter()
         .map(|(n, d, s, b, e)| TensorSource {
