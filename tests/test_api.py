@@ -340,3 +340,18 @@ def test_file_replaced_while_open_keeps_serving_old_contents(tmp_path: Path) -> 
     with enctensor.safe_open(path, key=KEY) as f:
         enctensor.save({"a": sample_array(np.float64, (1000,), 2)}, path, key=KEY)
         assert same(f.get_tensor("a"), old)
+
+
+def test_file_truncated_under_an_open_handle_is_a_typed_error(tmp_path: Path) -> None:
+    """Without the SIGBUS guard this test would kill the interpreter."""
+    path = tmp_path / "m.enct"
+    arr = sample_array(np.uint8, (4 << 20,), 4)
+    enctensor.save({"a": arr}, path, key=KEY)
+    with enctensor.safe_open(path, key=KEY) as f:
+        os.truncate(path, 8192)
+        with pytest.raises(FormatError, match="truncated"):
+            f.get_tensor("a")
+        with pytest.raises(FormatError, match="truncated"):
+            f.get_slice("a")[100:200]
+    enctensor.save({"a": arr}, path, key=KEY)
+    assert same(enctensor.load(path, key=KEY)["a"], arr)

@@ -11,6 +11,7 @@ pub mod header;
 mod json;
 pub mod keys;
 pub mod reader;
+mod sigbus;
 pub mod writer;
 
 #[cfg(feature = "python")]

@@ -12,18 +12,37 @@ use crate::crypto::{self, GcmKey, SecretKey};
 use crate::error::{Error, Result};
 use crate::header::{self, Header, TensorInfo, MAC_LEN, TAG_LEN};
 use crate::keys::{open_stanzas, Credential};
+use crate::sigbus::Guard;
+
+/// A read-only map, registered with the SIGBUS guard. Field order matters: the guard is
+/// dropped (unregistered) before the map is unmapped.
+struct Mapped {
+    guard: Guard,
+    map: Mmap,
+}
 
 /// The bytes of a file: a read-only map, or a buffer the caller handed over.
 enum Source {
-    Map(Mmap),
+    Map(Mapped),
     Owned(Vec<u8>),
 }
 
 impl Source {
     fn bytes(&self) -> &[u8] {
         match self {
-            Source::Map(m) => m,
+            Source::Map(m) => &m.map,
             Source::Owned(v) => v,
+        }
+    }
+
+    /// Fails if the file shrank under the map while it was being read.
+    fn check_intact(&self, name: &str) -> Result<()> {
+        match self {
+            Source::Map(m) if m.guard.truncated() => Err(Error::format(format!(
+                "{name} was truncated or rewritten in place while it was being read; \
+                 replace model files by renaming a new file over them"
+            ))),
+            _ => Ok(()),
         }
     }
 }
@@ -46,13 +65,17 @@ fn map_file(path: &Path) -> Result<Source> {
         .map_err(|e| Error::io(e, format!("cannot map {shown}")))?;
     // Loads read the data section front to back, usually whole; ask for read-ahead.
     let _ = map.advise(Advice::Sequential);
-    Ok(Source::Map(map))
+    let guard = Guard::register(map.as_ptr(), map.len());
+    Ok(Source::Map(Mapped { guard, map }))
 }
 
 /// Parses a file without a key (`inspect`).
 pub fn inspect_path(path: &Path) -> Result<Header> {
     let src = map_file(path)?;
-    header::parse_file(src.bytes()).map_err(|e| e.context(&path.display().to_string()))
+    let name = path.display().to_string();
+    let header = header::parse_file(src.bytes()).map_err(|e| e.context(&name));
+    src.check_intact(&name)?;
+    header
 }
 
 /// An opened, authenticated file.
@@ -83,7 +106,9 @@ impl Reader {
 
     fn from_source(src: Source, cred: &Credential, name: String) -> Result<Reader> {
         let bytes = src.bytes();
-        let header = header::parse_file(bytes).map_err(|e| e.context(&name))?;
+        let parsed = header::parse_file(bytes).map_err(|e| e.context(&name));
+        src.check_intact(&name)?;
+        let header = parsed?;
         let file_key = open_stanzas(&header.stanzas, cred).map_err(|e| e.context(&name))?;
         let mac_at = header.mac_offset() as usize;
         let expected = crypto::header_mac(
@@ -93,7 +118,9 @@ impl Reader {
                 &bytes[header.tags_offset() as usize..header.tags_end() as usize],
             ],
         );
-        if !crypto::ct_eq(&expected, &bytes[mac_at..mac_at + MAC_LEN as usize]) {
+        let mac_ok = crypto::ct_eq(&expected, &bytes[mac_at..mac_at + MAC_LEN as usize]);
+        src.check_intact(&name)?;
+        if !mac_ok {
             return Err(Error::Integrity(format!(
                 "{name}: header authentication failed: the header or tag table was modified or \
                  corrupted (the key opened a stanza, so it is the right key)"
@@ -159,10 +186,11 @@ impl Reader {
     }
 
     fn run(&self, keys: &[GcmKey], work: Vec<Work<'_>>) -> Result<()> {
-        work.into_par_iter().try_for_each(|w| {
+        let result = work.into_par_iter().try_for_each(|w| {
             let t = &self.header.tensors[w.tensor];
             self.open_chunk(t, &keys[w.key], w.chunk, w.out)
-        })
+        });
+        self.src.check_intact(&self.name).and(result)
     }
 
     /// Decrypts whole tensors into `jobs` (`(tensor index, destination)`), all chunks of all
@@ -246,16 +274,19 @@ impl Reader {
             rest = tail;
             pos += take;
         }
-        let result = pieces.into_par_iter().try_for_each(|(j, skip, piece)| {
-            let n = self.chunk_len(t, j);
-            if skip == 0 && piece.len() == n {
-                return self.open_chunk(t, &key, j, piece);
-            }
-            let mut scratch = vec![0u8; n];
-            self.open_chunk(t, &key, j, &mut scratch)?;
-            piece.copy_from_slice(&scratch[skip..skip + piece.len()]);
-            Ok(())
-        });
+        let result = pieces
+            .into_par_iter()
+            .try_for_each(|(j, skip, piece)| -> Result<()> {
+                let n = self.chunk_len(t, j);
+                if skip == 0 && piece.len() == n {
+                    return self.open_chunk(t, &key, j, piece);
+                }
+                let mut scratch = vec![0u8; n];
+                self.open_chunk(t, &key, j, &mut scratch)?;
+                piece.copy_from_slice(&scratch[skip..skip + piece.len()]);
+                Ok(())
+            });
+        let result = self.src.check_intact(&self.name).and(result);
         if result.is_err() {
             out.fill(0);
         }

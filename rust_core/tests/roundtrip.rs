@@ -191,3 +191,19 @@ fn ranges_verify_only_their_chunks() {
     );
     assert!(matches!(r.verify_all(), Err(Error::Integrity(_))));
 }
+
+/// A file truncated under an open map gives a typed error, not SIGBUS.
+#[test]
+fn truncated_under_the_map_is_a_format_error() {
+    let t: Vec<Spec> = vec![("big".into(), Dtype::U8, vec![1 << 20], vec![7u8; 1 << 20], true)];
+    let path = std::env::temp_dir().join(format!("enct-trunc-{}.enct", std::process::id()));
+    std::fs::write(&path, write(&t, vec![Credential::key(&KEY).unwrap()])).unwrap();
+    let r = Reader::open(&path, &Credential::key(&KEY).unwrap()).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(8192).unwrap();
+    let mut out = vec![0u8; 1 << 20];
+    let err = r.read_into(0, &mut out).unwrap_err();
+    assert!(matches!(err, Error::Format(ref m) if m.contains("truncated")), "{err}");
+    assert!(out.iter().all(|&b| b == 0));
+    drop(r);
+    std::fs::remove_file(&path).unwrap();
+}
