@@ -20,6 +20,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS_DIR = ROOT / "spec" / "vectors"
@@ -55,6 +59,26 @@ class VectorCase:
     def passphrase(self) -> str | None:
         return self.spec.get("passphrase")
 
+    @property
+    def identity(self) -> ref.Identity | None:
+        return load_identity(self.spec["identity"]) if "identity" in self.spec else None
+
+    @property
+    def verify_key(self) -> Ed25519PublicKey | None:
+        if "verify_key" not in self.spec:
+            return None
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(self.spec["verify_key"]))
+
+
+def load_identity(spec: dict[str, str]) -> ref.Identity:
+    """The private key of a vector's "identity" member."""
+    if spec["type"] == "x25519":
+        return X25519PrivateKey.from_private_bytes(bytes.fromhex(spec["private"]))
+    assert spec["type"] == "rsa", spec
+    key = serialization.load_pem_private_key(spec["private_pem"].encode("ascii"), password=None)
+    assert isinstance(key, RSAPrivateKey)
+    return key
+
 
 def vector_names() -> list[str]:
     return sorted(p.stem for p in VECTORS_DIR.glob("*.json"))
@@ -78,7 +102,7 @@ def test_vectors_present() -> None:
 
 
 def test_vector_json_schema() -> None:
-    allowed = {"expect", "comment", "key", "passphrase", "tensors", "metadata"}
+    allowed = {"expect", "comment", "key", "passphrase", "identity", "verify_key", "tensors", "metadata"}
     for name in NAMES:
         v = load_vector(name)
         assert set(v.spec) <= allowed, name
@@ -87,6 +111,25 @@ def test_vector_json_schema() -> None:
         assert ("tensors" in v.spec) == ("metadata" in v.spec) == (v.expect == "success"), name
         if v.key is not None:
             assert len(v.key) == 32, name
+        # The package takes a raw key or an identity in the same argument: never both.
+        assert not ("key" in v.spec and "identity" in v.spec), name
+        if "identity" in v.spec:
+            identity = v.spec["identity"]
+            assert set(identity) in ({"type", "private"}, {"type", "private_pem"}), name
+            assert isinstance(v.identity, X25519PrivateKey if identity["type"] == "x25519" else RSAPrivateKey)
+        if "verify_key" in v.spec:
+            assert len(bytes.fromhex(v.spec["verify_key"])) == 32, name
+            assert v.spec["verify_key"] == v.spec["verify_key"].lower(), name
+
+
+def test_vectors_cover_credentials() -> None:
+    """Identities of both kinds and verification keys are exercised, in several classes."""
+    specs = [load_vector(n).spec for n in NAMES]
+    for kind in ("x25519", "rsa"):
+        expects = {s["expect"] for s in specs if s.get("identity", {}).get("type") == kind}
+        assert {"success", "no match", "format failure", "header failure"} <= expects, kind
+    expects = {s["expect"] for s in specs if "verify_key" in s}
+    assert {"success", "no match", "format failure", "header failure", "payload failure"} <= expects
 
 
 # --- Reference reader -----------------------------------------------------------------------
@@ -94,7 +137,9 @@ def test_vector_json_schema() -> None:
 
 def ref_outcome(v: VectorCase) -> tuple[str, list[ref.Tensor], dict[str, str]]:
     try:
-        tensors, metadata = ref.read(v.data, key=v.key, passphrase=v.passphrase)
+        tensors, metadata = ref.read(
+            v.data, key=v.key, passphrase=v.passphrase, identity=v.identity, verify_key=v.verify_key
+        )
     except ref.RefError as exc:
         return EXPECT_OF_REF_ERROR[type(exc)], [], {}
     return "success", tensors, metadata
@@ -126,6 +171,10 @@ def test_reference_inspect(name: str) -> None:
             ref.inspect(v.data)
         return
     info = ref.inspect(v.data)
+    assert isinstance(info["signed"], bool)
+    assert info["stanzas"] and all(isinstance(s, str) for s in info["stanzas"])
+    if v.expect == "success" and v.verify_key is not None:
+        assert info["signed"]
     if v.expect == "success":
         assert info["metadata"] == v.spec["metadata"]
         got = [(t["name"], t["dtype"], list(t["shape"]), t["encrypted"]) for t in info["tensors"]]
@@ -177,46 +226,102 @@ def random_tensors(rng: random.Random, count: int) -> list[ref.TensorSpec]:
     return tensors
 
 
-@pytest.mark.parametrize("seed", range(6))
+def fixed_rsa_key() -> RSAPrivateKey:
+    """The generator's fixed RSA-2048 test key (generating one per test would be slow)."""
+    key: RSAPrivateKey = load_generator().RSA_A
+    return key
+
+
+@pytest.mark.parametrize("seed", range(9))
 def test_reference_round_trip(seed: int) -> None:
     rng = random.Random(seed)
     tensors = random_tensors(rng, rng.randint(0, 12))
     metadata = {f"k{i}": rng.choice(["", "v", "ü" * 3]) for i in range(rng.randint(0, 4))}
     chunk_size = rng.choice([4096, 8192, 1 << 20])
     data_align = rng.choice([64, 4096])
-    keys = [rng.randbytes(32) for _ in range(rng.randint(1, 3))]
+    publisher = Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)) if rng.random() < 0.5 else None
+    common: dict[str, Any] = {
+        "metadata": metadata,
+        "chunk_size": chunk_size,
+        "rng": rng.randbytes,
+        "data_align": data_align,
+        "sign_with": publisher,
+    }
+    openers: list[dict[str, Any]]
     if seed % 3 == 2:
-        data = ref.write(
-            tensors,
-            metadata=metadata,
-            chunk_size=chunk_size,
-            passphrase="pass " + str(seed),
-            log_n=10,
-            rng=rng.randbytes,
-            data_align=data_align,
-        )
-        openers: list[dict[str, Any]] = [{"passphrase": "pass " + str(seed)}]
+        passphrase = "pass " + str(seed)
+        data = ref.write(tensors, passphrase=passphrase, log_n=10, **common)
+        openers = [{"passphrase": passphrase}]
     else:
-        data = ref.write(
-            tensors,
-            metadata=metadata,
-            chunk_size=chunk_size,
-            keys=keys,
-            rng=rng.randbytes,
-            data_align=data_align,
-        )
-        openers = [{"key": k} for k in keys]
-    assert ref.inspect(data)["data_offset"] % data_align == 0
+        keys = [rng.randbytes(32) for _ in range(rng.randint(0 if seed % 3 else 1, 2))]
+        identities: list[ref.Identity] = [
+            X25519PrivateKey.from_private_bytes(rng.randbytes(32)) for _ in range(rng.randint(0, 2))
+        ]
+        if seed % 3 == 1:
+            identities.append(fixed_rsa_key())
+        data = ref.write(tensors, keys=keys, recipients=[i.public_key() for i in identities], **common)
+        openers = [{"key": k} for k in keys] + [{"identity": i} for i in identities]
+    info = ref.inspect(data)
+    assert info["data_offset"] % data_align == 0
+    assert info["stanza_area_len"] == 4096 - 32  # the writer's default when the stanzas fit
+    assert info["signed"] is (publisher is not None)
+    assert len(info["stanzas"]) == len(openers)
+    want = [(n, dt, tuple(sh), raw, enc) for n, dt, sh, raw, enc in tensors]
     for opener in openers:
-        got, got_metadata = ref.read(data, **opener)
-        want = [(n, dt, tuple(sh), raw, enc) for n, dt, sh, raw, enc in tensors]
+        verify = {"verify_key": publisher.public_key()} if publisher is not None else {}
+        got, got_metadata = ref.read(data, **opener, **verify)
         assert [(t.name, t.dtype, t.shape, t.data, t.encrypted) for t in got] == want
         assert got_metadata == metadata
     with pytest.raises(ref.NoMatch):
-        ref.read(data, key=bytes(32))
+        ref.read(data, key=bytes(32), identity=X25519PrivateKey.from_private_bytes(bytes(32)))
+    stranger = Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
+    with pytest.raises(ref.HeaderFailure):
+        ref.read(data, **openers[0], verify_key=stranger)
     if tensors:
         with pytest.raises((ref.PayloadFailure, ref.FormatFailure)):
             ref.read(data[:-1] + bytes([data[-1] ^ 1]), **openers[0])
+
+
+def test_reference_stanza_area_len() -> None:
+    """Default 4096 - 32 when the stanzas fit, else the smallest multiple of 4096 minus 32."""
+    rng = random.Random(1)
+    tensors = random_tensors(rng, 2)
+
+    def area_len(**kwargs: Any) -> int:
+        data = ref.write(tensors, metadata={}, rng=rng.randbytes, **kwargs)
+        return int(ref.inspect(data)["stanza_area_len"])
+
+    assert area_len(keys=[bytes(32)]) == 4064
+    many = [X25519PrivateKey.from_private_bytes(rng.randbytes(32)).public_key() for _ in range(40)]
+    assert area_len(recipients=many) == 8192 - 32
+    assert area_len(keys=[bytes(32)], stanza_area_len=200) == 200
+    with pytest.raises(ValueError):
+        area_len(keys=[bytes(32)], stanza_area_len=100)  # the stanza does not fit
+
+
+def test_reference_rekey() -> None:
+    """Re-keying replaces the stanza area only; the signature and everything else survive."""
+    rng = random.Random(2)
+    tensors = random_tensors(rng, 3)
+    publisher = Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
+    old, new = rng.randbytes(32), X25519PrivateKey.from_private_bytes(rng.randbytes(32))
+    data = ref.write(tensors, metadata={"a": "b"}, keys=[old], sign_with=publisher, rng=rng.randbytes)
+    rekeyed = ref.rekey(
+        data, key=old, new_recipients=[new.public_key(), fixed_rsa_key().public_key()], rng=rng.randbytes
+    )
+    area_end = ref.PREAMBLE_LEN + ref.inspect(data)["stanza_area_len"]
+    assert len(rekeyed) == len(data)
+    assert rekeyed[: ref.PREAMBLE_LEN] == data[: ref.PREAMBLE_LEN] and rekeyed[area_end:] == data[area_end:]
+    assert ref.inspect(rekeyed)["stanzas"] == ["x25519", "rsa-oaep"]
+    for opener in ({"identity": new}, {"identity": fixed_rsa_key()}):
+        got, _ = ref.read(rekeyed, **opener, verify_key=publisher.public_key())
+        assert [t.data for t in got] == [raw for _, _, _, raw, _ in tensors]
+    with pytest.raises(ref.NoMatch):
+        ref.read(rekeyed, key=old)
+    with pytest.raises(ref.NoMatch):  # re-keying needs a credential that opens the file
+        ref.rekey(data, key=bytes(32), new_keys=[bytes(32)], rng=rng.randbytes)
+    with pytest.raises(ValueError):  # 60 stanzas do not fit in 4064 bytes
+        ref.rekey(data, key=old, new_keys=[rng.randbytes(32) for _ in range(60)], rng=rng.randbytes)
 
 
 # --- Rust-backed package --------------------------------------------------------------------
@@ -268,17 +373,18 @@ def test_rust_load_bytes(name: str) -> None:
     import enctensor
 
     v = load_vector(name)
+    key = v.key if v.key is not None else v.identity  # raw bytes or a private key object
     if v.expect != "success":
         classes = rust_error_classes()
         with pytest.raises(enctensor.EncTensorError) as info:
-            enctensor.load_bytes(v.data, key=v.key, passphrase=v.passphrase)
+            enctensor.load_bytes(v.data, key=key, passphrase=v.passphrase, verify_with=v.verify_key)
         expected = classes[v.expect]
         others = {c for c in classes.values() if c is not expected}
         assert isinstance(info.value, expected), (v.expect, repr(info.value))
         assert not isinstance(info.value, tuple(others)), (v.expect, repr(info.value))
         return
 
-    arrays = enctensor.load_bytes(v.data, key=v.key, passphrase=v.passphrase)
+    arrays = enctensor.load_bytes(v.data, key=key, passphrase=v.passphrase, verify_with=v.verify_key)
     want = v.spec["tensors"]
     assert list(arrays) == [w["name"] for w in want]
     for w in want:
@@ -302,6 +408,7 @@ def test_rust_inspect_bytes(name: str) -> None:
     expected = ref.inspect(v.data)
     assert info["metadata"] == expected["metadata"]
     assert list(info["stanzas"]) == expected["stanzas"]
+    assert info["signed"] is expected["signed"]
     got = [(t["name"], t["dtype"], list(t["shape"]), t["encrypted"]) for t in info["tensors"]]
     want = [(t["name"], t["dtype"], list(t["shape"]), t["encrypted"]) for t in expected["tensors"]]
     assert got == want

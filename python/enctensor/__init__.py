@@ -11,10 +11,15 @@ from ._api import load as load
 from ._api import load_bytes as load_bytes
 from ._api import safe_open as safe_open
 from ._api import save as save
+from ._api import rekey as rekey
 from ._api import save_bytes as save_bytes
 from ._core import FORMAT_VERSION as FORMAT_VERSION
 from ._core import __version__ as __version__
+from ._keys import FileKey as FileKey
 from ._keys import generate_key as generate_key
+from ._keys import load_private_key as load_private_key
+from ._keys import load_public_key as load_public_key
+from ._keys import x25519_public_text as x25519_public_text
 from .errors import EncTensorError as EncTensorError
 from .errors import FormatError as FormatError
 from .errors import IntegrityError as IntegrityError
@@ -24,6 +29,7 @@ from .errors import WrongKeyError as WrongKeyError
 __all__ = [
     "FORMAT_VERSION",
     "EncTensorError",
+    "FileKey",
     "FormatError",
     "IntegrityError",
     "TensorNotFoundError",
@@ -35,7 +41,11 @@ __all__ = [
     "inspect_bytes",
     "load",
     "load_bytes",
+    "load_private_key",
+    "load_public_key",
+    "rekey",
     "safe_open",
     "save",
     "save_bytes",
+    "x25519_public_text",
 ]

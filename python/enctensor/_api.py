@@ -7,12 +7,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import _core
 from ._alloc import aligned_empty
 from ._dtypes import format_dtype, numpy_dtype
 from ._frameworks import converter
-from ._keys import check_keys, check_passphrase, opener
+from ._keys import check_keys, check_passphrase, opener, recipient_kwargs, sign_seed, verify_bytes
 from ._slice import plan
 from .errors import TensorNotFoundError
 
@@ -26,6 +27,7 @@ __all__ = [
     "inspect_bytes",
     "load",
     "load_bytes",
+    "rekey",
     "safe_open",
     "save",
     "save_bytes",
@@ -72,16 +74,25 @@ def _tensor_rows(
 
 
 def _write_args(
-    key: Any, passphrase: Any, metadata: Mapping[str, str] | None, chunk_size: int, scrypt_log_n: int
+    key: Any,
+    passphrase: Any,
+    recipients: Any,
+    sign_with: Any,
+    metadata: Mapping[str, str] | None,
+    chunk_size: int,
+    scrypt_log_n: int,
 ) -> dict[str, Any]:
     keys = check_keys(key)
     p = check_passphrase(passphrase)
-    if not keys and p is None:
-        raise ValueError("give a key (32 bytes) or a passphrase to encrypt to")
+    public = recipient_kwargs(recipients)
+    if not keys and p is None and not public["x25519"] and not public["rsa_spki"]:
+        raise ValueError("give a key (32 bytes), recipients or a passphrase to encrypt to")
     return {
         "metadata": _check_metadata(metadata),
         "keys": keys,
         "passphrase": p,
+        **public,
+        "sign_seed": sign_seed(sign_with),
         "log_n": scrypt_log_n,
         "chunk_size": chunk_size,
     }
@@ -93,6 +104,8 @@ def save(
     *,
     key: bytes | Iterable[bytes] | None = None,
     passphrase: str | None = None,
+    recipients: Iterable[Any] = (),
+    sign_with: Ed25519PrivateKey | None = None,
     metadata: Mapping[str, str] | None = None,
     plaintext: Iterable[str] = (),
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -100,14 +113,15 @@ def save(
 ) -> None:
     """Encrypts ``tensors`` to ``path`` atomically (temporary file, fsync, rename).
 
-    ``key`` is 32 raw bytes (or several keys, any of which opens the file); ``passphrase``
-    derives a key with scrypt instead. Tensors named in ``plaintext`` are stored unencrypted
-    but still authenticated.
+    Whoever holds any of these can open the file: ``key``, 32 raw bytes (or several keys);
+    ``recipients``, X25519 or RSA public keys (``cryptography`` objects, PEM files, or the
+    one-line ``x25519:<hex>`` form); or ``passphrase`` (scrypt; it must be the only way in).
+    ``sign_with`` (an Ed25519 private key) signs the file for ``load(..., verify_with=...)``.
+    Tensors named in ``plaintext`` are stored unencrypted but still authenticated.
     """
     rows = _tensor_rows(tensors, plaintext)
-    _core.write_file(
-        os.fspath(path), rows, **_write_args(key, passphrase, metadata, chunk_size, scrypt_log_n)
-    )
+    args = _write_args(key, passphrase, recipients, sign_with, metadata, chunk_size, scrypt_log_n)
+    _core.write_file(os.fspath(path), rows, **args)
 
 
 def save_bytes(
@@ -115,6 +129,8 @@ def save_bytes(
     *,
     key: bytes | Iterable[bytes] | None = None,
     passphrase: str | None = None,
+    recipients: Iterable[Any] = (),
+    sign_with: Ed25519PrivateKey | None = None,
     metadata: Mapping[str, str] | None = None,
     plaintext: Iterable[str] = (),
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -122,15 +138,26 @@ def save_bytes(
 ) -> bytes:
     """Like :func:`save`, returning the encrypted file as bytes."""
     rows = _tensor_rows(tensors, plaintext)
-    return _core.write_bytes(rows, **_write_args(key, passphrase, metadata, chunk_size, scrypt_log_n))
+    args = _write_args(key, passphrase, recipients, sign_with, metadata, chunk_size, scrypt_log_n)
+    return _core.write_bytes(rows, **args)
 
 
-def _open(path: PathLike, key: Any, passphrase: Any) -> _core.Reader:
-    return _core.Reader(os.fspath(path), **opener(key, passphrase))
+def _stanza_list(info: tuple[Any, ...]) -> list[dict[str, Any]]:
+    return [dict(fields) for fields in info[2]]
 
 
-def _open_bytes(data: bytes | bytearray | memoryview, key: Any, passphrase: Any) -> _core.Reader:
-    return _core.Reader.from_bytes(bytes(data), **opener(key, passphrase))
+def _open(path: PathLike, key: Any, passphrase: Any, verify_with: Any = None) -> _core.Reader:
+    p = os.fspath(path)
+    how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_file(p)))
+    return _core.Reader(p, **how, verify_key=verify_bytes(verify_with))
+
+
+def _open_bytes(
+    data: bytes | bytearray | memoryview, key: Any, passphrase: Any, verify_with: Any = None
+) -> _core.Reader:
+    raw = bytes(data)
+    how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_bytes(raw)))
+    return _core.Reader.from_bytes(raw, **how, verify_key=verify_bytes(verify_with))
 
 
 def read_all(reader: _core.Reader) -> dict[str, np.ndarray]:
@@ -144,27 +171,46 @@ def read_all(reader: _core.Reader) -> dict[str, np.ndarray]:
     }
 
 
-def load(path: PathLike, *, key: bytes | None = None, passphrase: str | None = None) -> dict[str, np.ndarray]:
-    """Decrypts and verifies every tensor of ``path`` into numpy arrays (file order)."""
-    return read_all(_open(path, key, passphrase))
+def load(
+    path: PathLike,
+    *,
+    key: Any = None,
+    passphrase: str | None = None,
+    verify_with: Ed25519PublicKey | None = None,
+) -> dict[str, np.ndarray]:
+    """Decrypts and verifies every tensor of ``path`` into numpy arrays (file order).
+
+    ``key`` is 32 raw bytes, an X25519 or RSA private key (object or PEM file path), or a key
+    provider: a callable that gets the file's stanza descriptions and returns any of those,
+    or a :class:`FileKey` it unwrapped itself (KMS, HSM, TEE). ``verify_with`` (an Ed25519
+    public key) requires a valid publisher signature.
+    """
+    return read_all(_open(path, key, passphrase, verify_with))
 
 
 def load_bytes(
-    data: bytes | bytearray | memoryview, *, key: bytes | None = None, passphrase: str | None = None
+    data: bytes | bytearray | memoryview,
+    *,
+    key: Any = None,
+    passphrase: str | None = None,
+    verify_with: Ed25519PublicKey | None = None,
 ) -> dict[str, np.ndarray]:
     """Like :func:`load`, from the bytes of a file."""
-    return read_all(_open_bytes(data, key, passphrase))
+    return read_all(_open_bytes(data, key, passphrase, verify_with))
 
 
 def _inspection(info: tuple[Any, ...]) -> dict[str, Any]:
-    rows, metadata, stanzas, chunk_size, file_size = info
+    rows, metadata, _, chunk_size, file_size, signed = info
+    stanzas = _stanza_list(info)
     return {
         "format_version": _core.FORMAT_VERSION,
         "tensors": [
             {"name": n, "dtype": d, "shape": list(s), "encrypted": e, "nbytes": b} for n, d, s, e, b in rows
         ],
         "metadata": dict(metadata),
-        "stanzas": list(stanzas),
+        "stanzas": [s["type"] for s in stanzas],
+        "stanza_details": stanzas,
+        "signed": signed,
         "chunk_size": chunk_size,
         "file_size": file_size,
     }
@@ -181,6 +227,41 @@ def inspect(path: PathLike) -> dict[str, Any]:
 def inspect_bytes(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Like :func:`inspect`, for the bytes of a file."""
     return _inspection(_core.inspect_bytes(bytes(data)))
+
+
+def rekey(
+    path: PathLike,
+    *,
+    key: Any = None,
+    passphrase: str | None = None,
+    new_keys: Iterable[bytes] = (),
+    new_recipients: Iterable[Any] = (),
+    new_passphrase: str | None = None,
+    scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
+) -> str:
+    """Replaces who can open ``path``: opened with ``key`` or ``passphrase``, its stanzas are
+    replaced by ones for ``new_keys``, ``new_recipients`` and ``new_passphrase``. Tensor bytes,
+    header, MAC and any signature are untouched. Usually one single-page write
+    (``"in-place"``); when the new stanzas do not fit, the file is rewritten atomically with the
+    tensor bytes copied unchanged (``"rewritten"``). The file key stays the same: whoever knew
+    it keeps access; to revoke, re-encrypt with :func:`save`.
+    """
+    p = os.fspath(path)
+    how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_file(p)))
+    public = recipient_kwargs(new_recipients)
+    new_p = check_passphrase(new_passphrase)
+    keys = check_keys(list(new_keys))
+    if not keys and new_p is None and not public["x25519"] and not public["rsa_spki"]:
+        raise ValueError("rekey needs at least one new key, recipient or passphrase")
+    return _core.rekey(
+        p,
+        **how,
+        new_keys=keys,
+        new_passphrase=new_p,
+        new_x25519=public["x25519"],
+        new_rsa_spki=public["rsa_spki"],
+        log_n=scrypt_log_n,
+    )
 
 
 class TensorSlice:
@@ -215,24 +296,28 @@ class TensorSlice:
         view = np.ndarray(
             p.shape, dtype=dt, buffer=buf, offset=p.offset * size, strides=[s * size for s in p.strides]
         )
-        return self._handle._convert(np.ascontiguousarray(view), self._dtype)
+        # reshape: np.ascontiguousarray turns a 0-d array into a 1-d one.
+        return self._handle._convert(np.ascontiguousarray(view).reshape(p.shape), self._dtype)
 
 
 class safe_open:
     """Opens an encrypted file for random access: ``keys()``, ``metadata()``,
     ``get_tensor(name)``, ``get_slice(name)[...]``. The key is checked and the header
-    authenticated on open; each tensor is verified as it is read."""
+    authenticated on open; each tensor is verified as it is read. ``device`` (torch or TVM
+    frameworks) puts the tensors on that device, as in safetensors."""
 
     def __init__(
         self,
         path: PathLike,
         *,
-        key: bytes | None = None,
+        key: Any = None,
         passphrase: str | None = None,
         framework: str = "numpy",
+        device: Any = None,
+        verify_with: Ed25519PublicKey | None = None,
     ) -> None:
-        self._convert = converter(framework)
-        self._reader: _core.Reader | None = _open(path, key, passphrase)
+        self._convert = converter(framework, device)
+        self._reader: _core.Reader | None = _open(path, key, passphrase, verify_with)
         self._rows = {row[0]: (i, row) for i, row in enumerate(self._reader.tensors())}
         self._metadata = dict(self._reader.metadata())
 

@@ -12,6 +12,7 @@ __all__ = [
     "__version__",
     "inspect_bytes",
     "inspect_file",
+    "rekey",
     "write_bytes",
     "write_file",
 ]
@@ -20,18 +21,37 @@ FORMAT_VERSION: int
 
 # (name, dtype, shape, encrypted, nbytes)
 _TensorRow: TypeAlias = tuple[str, str, list[int], bool, int]
-# (tensors, metadata, stanza types, chunk size, file length)
-_Inspection: TypeAlias = tuple[list[_TensorRow], list[tuple[str, str]], list[str], int, int]
+# (tensors, metadata, stanza descriptions, chunk size, file length, signed)
+_Inspection: TypeAlias = tuple[
+    list[_TensorRow], list[tuple[str, str]], list[list[tuple[str, str]]], int, int, bool
+]
 # (name, dtype, shape, uint8 buffer, encrypted)
 _TensorIn: TypeAlias = tuple[str, str, Sequence[int], Any, bool]
 
 @final
 class Reader:
     def __new__(
-        cls, path: str | PathLike[str], *, key: bytes | None = None, passphrase: str | None = None
+        cls,
+        path: str | PathLike[str],
+        *,
+        key: bytes | None = None,
+        passphrase: str | None = None,
+        x25519: bytes | None = None,
+        rsa_pkcs8: bytes | None = None,
+        file_key: bytes | None = None,
+        verify_key: bytes | None = None,
     ) -> Reader: ...
     @staticmethod
-    def from_bytes(data: bytes, *, key: bytes | None = None, passphrase: str | None = None) -> Reader: ...
+    def from_bytes(
+        data: bytes,
+        *,
+        key: bytes | None = None,
+        passphrase: str | None = None,
+        x25519: bytes | None = None,
+        rsa_pkcs8: bytes | None = None,
+        file_key: bytes | None = None,
+        verify_key: bytes | None = None,
+    ) -> Reader: ...
     def tensors(self) -> list[_TensorRow]: ...
     def metadata(self) -> list[tuple[str, str]]: ...
     def inspect(self) -> _Inspection: ...
@@ -49,6 +69,9 @@ def write_file(
     metadata: Sequence[tuple[str, str]],
     keys: Sequence[bytes],
     passphrase: str | None = None,
+    x25519: Sequence[bytes] | None = None,
+    rsa_spki: Sequence[bytes] | None = None,
+    sign_seed: bytes | None = None,
     log_n: int = 18,
     chunk_size: int = 1048576,
 ) -> int: ...
@@ -58,6 +81,23 @@ def write_bytes(
     metadata: Sequence[tuple[str, str]],
     keys: Sequence[bytes],
     passphrase: str | None = None,
+    x25519: Sequence[bytes] | None = None,
+    rsa_spki: Sequence[bytes] | None = None,
+    sign_seed: bytes | None = None,
     log_n: int = 18,
     chunk_size: int = 1048576,
 ) -> bytes: ...
+def rekey(
+    path: str | PathLike[str],
+    *,
+    key: bytes | None = None,
+    passphrase: str | None = None,
+    x25519: bytes | None = None,
+    rsa_pkcs8: bytes | None = None,
+    file_key: bytes | None = None,
+    new_keys: Sequence[bytes] | None = None,
+    new_passphrase: str | None = None,
+    new_x25519: Sequence[bytes] | None = None,
+    new_rsa_spki: Sequence[bytes] | None = None,
+    log_n: int = 18,
+) -> str: ...

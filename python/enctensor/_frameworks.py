@@ -14,12 +14,23 @@ _CONVERTERS: dict[str, Callable[[np.ndarray, str], Any]] = {
 }
 
 
-def register(names: tuple[str, ...], fn: Callable[[np.ndarray, str], Any]) -> None:
+# name -> function(framework tensor, device) -> the tensor on that device (frameworks with devices).
+_MOVERS: dict[str, Callable[[Any, Any], Any]] = {}
+
+
+def register(
+    names: tuple[str, ...],
+    fn: Callable[[np.ndarray, str], Any],
+    *,
+    to_device: Callable[[Any, Any], Any] | None = None,
+) -> None:
     for n in names:
         _CONVERTERS[n] = fn
+        if to_device is not None:
+            _MOVERS[n] = to_device
 
 
-def converter(framework: str) -> Callable[[np.ndarray, str], Any]:
+def converter(framework: str, device: Any = None) -> Callable[[np.ndarray, str], Any]:
     if framework not in _CONVERTERS:
         # Adapters register themselves on import; importing them here keeps torch and TVM optional.
         if framework in ("pt", "torch"):
@@ -27,8 +38,16 @@ def converter(framework: str) -> Callable[[np.ndarray, str], Any]:
         elif framework == "tvm":
             from . import tvm as _tvm  # noqa: F401
     try:
-        return _CONVERTERS[framework]
+        fn = _CONVERTERS[framework]
     except KeyError:
         raise ValueError(
             f"unknown framework {framework!r} (choose from 'numpy', 'pt', 'torch', 'tvm')"
         ) from None
+    if device is None:
+        return fn
+    move = _MOVERS.get(framework)
+    if move is None:
+        if str(device) == "cpu":
+            return fn
+        raise ValueError(f"framework {framework!r} has no devices: device must be 'cpu' or None")
+    return lambda a, dtype: move(fn(a, dtype), device)

@@ -1,6 +1,7 @@
-//! The preamble, the JSON header and the layout they imply (`spec/FORMAT.md`, "Preamble",
-//! "Header", "Layout", "Stanzas"). Everything here runs before any key is known, on bytes an
-//! attacker may have written: every size is capped and every sum and product is checked.
+//! The preamble, the stanza area, the JSON header and the layout they imply
+//! (`spec/FORMAT.md`, "Preamble", "Stanza area", "Header", "Layout", "Stanzas", "Signature").
+//! Everything here runs before any key is known, on bytes an attacker may have written: every
+//! size is capped and every sum and product is checked.
 
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
@@ -8,13 +9,15 @@ use crate::json::{parse_header_json, Json};
 
 pub const MAGIC: [u8; 8] = *b"\x89ETS\r\n\x1a\n";
 pub const VERSION: u32 = 1;
-pub const PREAMBLE_LEN: u64 = 24;
+pub const PREAMBLE_LEN: u64 = 32;
 pub const MAC_LEN: u64 = 32;
 pub const TAG_LEN: u64 = 16;
 pub const CIPHER: &str = "AES-256-GCM";
+pub const MIN_STANZA_AREA: u64 = 16;
+pub const MAX_STANZA_AREA: u64 = 1 << 20;
 /// Largest header accepted; checked before the header is read or allocated.
 pub const MAX_HEADER_LEN: u64 = 64 << 20;
-/// Zero bytes allowed between the tag table and the data (room to re-key in place).
+/// Zero bytes allowed between the tag table and the data.
 pub const MAX_PADDING: u64 = 1 << 20;
 /// Alignment of `data_offset` and of every tensor within the data section.
 pub const DATA_ALIGN: u64 = 64;
@@ -29,6 +32,11 @@ pub const MAX_NAME_LEN: usize = 4096;
 pub const MAX_DIMS: usize = 64;
 pub const SALT_LEN: usize = 16;
 pub const BODY_LEN: usize = 48;
+pub const X25519_LEN: usize = 32;
+pub const SIG_LEN: usize = 64;
+/// RSA moduli of 2048 to 4096 bits.
+pub const MIN_RSA_BODY: usize = 256;
+pub const MAX_RSA_BODY: usize = 512;
 pub const MIN_LOG_N: u64 = 10;
 pub const MAX_LOG_N: u64 = 20;
 
@@ -44,8 +52,17 @@ pub enum Stanza {
         log_n: u8,
         body: [u8; BODY_LEN],
     },
+    X25519 {
+        share: [u8; X25519_LEN],
+        body: [u8; BODY_LEN],
+    },
+    RsaOaep {
+        body: Vec<u8>,
+    },
     /// A stanza type this reader does not know; kept so `inspect` can list it.
-    Unknown { kind: String },
+    Unknown {
+        kind: String,
+    },
 }
 
 impl Stanza {
@@ -53,6 +70,8 @@ impl Stanza {
         match self {
             Stanza::Key { .. } => "key",
             Stanza::Scrypt { .. } => "scrypt",
+            Stanza::X25519 { .. } => "x25519",
+            Stanza::RsaOaep { .. } => "rsa-oaep",
             Stanza::Unknown { kind } => kind,
         }
     }
@@ -78,27 +97,34 @@ impl TensorInfo {
     }
 }
 
-/// A parsed and structurally validated header (not yet authenticated).
+/// A parsed and structurally validated file header (not yet authenticated).
 #[derive(Clone, Debug)]
 pub struct Header {
+    pub stanza_area_len: u64,
     pub header_len: u64,
     pub data_offset: u64,
     pub chunk_size: u64,
     pub stanzas: Vec<Stanza>,
+    /// Ed25519 signature over the header and tag table, if the publisher signed.
+    pub signature: Option<[u8; SIG_LEN]>,
     pub metadata: Vec<(String, String)>,
     pub tensors: Vec<TensorInfo>,
     pub n_tags: u64,
 }
 
 impl Header {
+    /// Offset of the header JSON ("H" in the spec).
+    pub fn header_offset(&self) -> u64 {
+        PREAMBLE_LEN + self.stanza_area_len
+    }
+    pub fn mac_offset(&self) -> u64 {
+        self.header_offset() + self.header_len
+    }
     pub fn tags_offset(&self) -> u64 {
-        PREAMBLE_LEN + self.header_len + MAC_LEN
+        self.mac_offset() + MAC_LEN
     }
     pub fn tags_end(&self) -> u64 {
         self.tags_offset() + self.n_tags * TAG_LEN
-    }
-    pub fn mac_offset(&self) -> u64 {
-        PREAMBLE_LEN + self.header_len
     }
     /// Total file length implied by the header.
     pub fn file_len(&self) -> u64 {
@@ -109,11 +135,31 @@ impl Header {
     }
 }
 
-/// Reads the 24-byte preamble; returns `(header_len, data_offset)`.
-pub fn parse_preamble(bytes: &[u8], file_len: u64) -> Result<(u64, u64)> {
+/// The fixed-size fields at the start of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preamble {
+    pub stanza_area_len: u64,
+    pub header_len: u64,
+    pub data_offset: u64,
+}
+
+impl Preamble {
+    pub fn to_bytes(self) -> [u8; PREAMBLE_LEN as usize] {
+        let mut p = [0u8; PREAMBLE_LEN as usize];
+        p[..8].copy_from_slice(&MAGIC);
+        p[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        p[12..16].copy_from_slice(&(self.stanza_area_len as u32).to_le_bytes());
+        p[16..20].copy_from_slice(&(self.header_len as u32).to_le_bytes());
+        p[24..32].copy_from_slice(&self.data_offset.to_le_bytes());
+        p
+    }
+}
+
+/// Reads the 32-byte preamble and checks every length against its cap and the file length.
+pub fn parse_preamble(bytes: &[u8], file_len: u64) -> Result<Preamble> {
     if file_len < PREAMBLE_LEN || bytes.len() < PREAMBLE_LEN as usize {
         return Err(Error::format(format!(
-            "the file is {file_len} bytes long, shorter than the 24-byte preamble"
+            "the file is {file_len} bytes long, shorter than the {PREAMBLE_LEN}-byte preamble"
         )));
     }
     if bytes[..8] != MAGIC {
@@ -122,26 +168,36 @@ pub fn parse_preamble(bytes: &[u8], file_len: u64) -> Result<(u64, u64)> {
              must be converted with `enctensor encrypt` first)",
         ));
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let version = u32_at(8);
     if version != VERSION {
         return Err(Error::format(format!(
             "format version {version} is not supported (this reader knows version {VERSION})"
         )));
     }
-    let header_len = u64::from(u32::from_le_bytes(
-        bytes[12..16].try_into().expect("4 bytes"),
-    ));
-    let data_offset = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    let stanza_area_len = u64::from(u32_at(12));
+    let header_len = u64::from(u32_at(16));
+    let reserved = u32_at(20);
+    let data_offset = u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes"));
+    if !(MIN_STANZA_AREA..=MAX_STANZA_AREA).contains(&stanza_area_len) {
+        return Err(Error::format(format!(
+            "stanza area length {stanza_area_len} is outside the allowed range \
+             {MIN_STANZA_AREA}..={MAX_STANZA_AREA}"
+        )));
+    }
     if !(2..=MAX_HEADER_LEN).contains(&header_len) {
         return Err(Error::format(format!(
             "header length {header_len} is outside the allowed range 2..={MAX_HEADER_LEN}"
         )));
     }
-    let needed = PREAMBLE_LEN + header_len + MAC_LEN;
+    if reserved != 0 {
+        return Err(Error::format("the reserved preamble field is not zero"));
+    }
+    let needed = PREAMBLE_LEN + stanza_area_len + header_len + MAC_LEN;
     if needed > file_len {
         return Err(Error::format(format!(
-            "header length {header_len} runs past the end of the {file_len}-byte file \
-             (truncated file?)"
+            "the stanza area and header ({stanza_area_len} + {header_len} bytes) run past the \
+             end of the {file_len}-byte file (truncated file?)"
         )));
     }
     if data_offset % DATA_ALIGN != 0 {
@@ -149,7 +205,11 @@ pub fn parse_preamble(bytes: &[u8], file_len: u64) -> Result<(u64, u64)> {
             "data offset {data_offset} is not a multiple of 64"
         )));
     }
-    Ok((header_len, data_offset))
+    Ok(Preamble {
+        stanza_area_len,
+        header_len,
+        data_offset,
+    })
 }
 
 fn fail<T>(msg: impl Into<String>) -> Result<T> {
@@ -230,6 +290,28 @@ fn hex_exact<const N: usize>(v: &Json, what: &str) -> Result<[u8; N]> {
     Ok(out)
 }
 
+/// Decodes strict lowercase hex of any even length.
+fn hex_any(v: &Json, what: &str) -> Result<Vec<u8>> {
+    let s = as_str(v, what)?;
+    let ok = s.len() % 2 == 0
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+    if !ok {
+        return fail(format!("{what} must be lowercase hex"));
+    }
+    let digit = |c: u8| {
+        if c.is_ascii_digit() {
+            c - b'0'
+        } else {
+            c - b'a' + 10
+        }
+    };
+    Ok(s.as_bytes()
+        .chunks(2)
+        .map(|p| digit(p[0]) << 4 | digit(p[1]))
+        .collect())
+}
+
 fn parse_stanza(v: &Json, i: usize) -> Result<Stanza> {
     let what = format!("stanza {i}");
     let members = as_object(v, &what)?;
@@ -285,10 +367,70 @@ fn parse_stanza(v: &Json, i: usize) -> Result<Stanza> {
                 body: hex_exact(body, &format!("{what} body"))?,
             })
         }
+        "x25519" => {
+            let [_, share, body] = exact_members(members, ["type", "share", "body"], &what)?;
+            Ok(Stanza::X25519 {
+                share: hex_exact(share, &format!("{what} share"))?,
+                body: hex_exact(body, &format!("{what} body"))?,
+            })
+        }
+        "rsa-oaep" => {
+            let [_, body] = exact_members(members, ["type", "body"], &what)?;
+            let body = hex_any(body, &format!("{what} body"))?;
+            if !(MIN_RSA_BODY..=MAX_RSA_BODY).contains(&body.len()) {
+                return fail(format!(
+                    "{what}: an RSA-OAEP body must be {MIN_RSA_BODY} to {MAX_RSA_BODY} bytes \
+                     (2048- to 4096-bit keys), got {}",
+                    body.len()
+                ));
+            }
+            Ok(Stanza::RsaOaep { body })
+        }
         other => Ok(Stanza::Unknown {
             kind: other.to_owned(),
         }),
     }
+}
+
+/// Parses the stanza area: `{"stanzas": [...], "signature": {...}?}` followed by spaces.
+pub fn parse_stanza_area(bytes: &[u8]) -> Result<(Vec<Stanza>, Option<[u8; SIG_LEN]>)> {
+    let root = parse_header_json(bytes).map_err(|e| Error::format(format!("stanza area: {e}")))?;
+    let members = as_object(&root, "the stanza area")?;
+    for (k, _) in members {
+        if k != "stanzas" && k != "signature" {
+            return fail(format!("the stanza area has an unknown member {k:?}"));
+        }
+    }
+    let stanza_list = match members.iter().find(|(k, _)| k == "stanzas") {
+        Some((_, v)) => as_array(v, "stanzas")?,
+        None => return fail("the stanza area has no \"stanzas\""),
+    };
+    if stanza_list.is_empty() || stanza_list.len() > MAX_STANZAS {
+        return fail(format!(
+            "the file must have 1 to {MAX_STANZAS} stanzas, it has {}",
+            stanza_list.len()
+        ));
+    }
+    let stanzas = stanza_list
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_stanza(s, i))
+        .collect::<Result<Vec<_>>>()?;
+    if stanzas.len() > 1 && stanzas.iter().any(|s| matches!(s, Stanza::Scrypt { .. })) {
+        return fail("a passphrase (scrypt) stanza must be the only stanza of its file");
+    }
+    let signature = match members.iter().find(|(k, _)| k == "signature") {
+        None => None,
+        Some((_, v)) => {
+            let m = as_object(v, "signature")?;
+            let [kind, sig] = exact_members(m, ["type", "sig"], "signature")?;
+            if as_str(kind, "signature type")? != "ed25519" {
+                return fail("signature type must be \"ed25519\"");
+            }
+            Some(hex_exact(sig, "signature sig")?)
+        }
+    };
+    Ok((stanzas, signature))
 }
 
 fn align_up(n: u64, a: u64) -> Option<u64> {
@@ -296,18 +438,13 @@ fn align_up(n: u64, a: u64) -> Option<u64> {
 }
 
 /// Parses the header JSON and checks the layout it implies against the preamble and the file
-/// length (`spec/FORMAT.md`, "Layout").
-pub fn parse_header(
-    json: &[u8],
-    header_len: u64,
-    data_offset: u64,
-    file_len: u64,
-) -> Result<Header> {
+/// length (`spec/FORMAT.md`, "Layout"). Stanzas and signature are left empty.
+pub fn parse_header(json: &[u8], pre: &Preamble, file_len: u64) -> Result<Header> {
     let root = parse_header_json(json).map_err(Error::Format)?;
     let members = as_object(&root, "the header")?;
-    let [cipher, chunk_size, stanzas, metadata, tensors] = exact_members(
+    let [cipher, chunk_size, metadata, tensors] = exact_members(
         members,
-        ["cipher", "chunk_size", "stanzas", "metadata", "tensors"],
+        ["cipher", "chunk_size", "metadata", "tensors"],
         "the header",
     )?;
 
@@ -322,22 +459,6 @@ pub fn parse_header(
         return fail(format!(
             "chunk_size {chunk_size} must be a power of two between {MIN_CHUNK} and {MAX_CHUNK}"
         ));
-    }
-
-    let stanza_list = as_array(stanzas, "stanzas")?;
-    if stanza_list.is_empty() || stanza_list.len() > MAX_STANZAS {
-        return fail(format!(
-            "the file must have 1 to {MAX_STANZAS} stanzas, it has {}",
-            stanza_list.len()
-        ));
-    }
-    let stanzas = stanza_list
-        .iter()
-        .enumerate()
-        .map(|(i, s)| parse_stanza(s, i))
-        .collect::<Result<Vec<_>>>()?;
-    if stanzas.len() > 1 && stanzas.iter().any(|s| matches!(s, Stanza::Scrypt { .. })) {
-        return fail("a passphrase (scrypt) stanza must be the only stanza of its file");
     }
 
     let meta_members = as_object(metadata, "metadata")?;
@@ -448,18 +569,25 @@ pub fn parse_header(
         prev_end = end;
     }
 
+    let Preamble {
+        stanza_area_len,
+        header_len,
+        data_offset,
+    } = *pre;
     let header = Header {
+        stanza_area_len,
         header_len,
         data_offset,
         chunk_size,
-        stanzas,
+        stanzas: Vec::new(),
+        signature: None,
         metadata,
         tensors: out,
         n_tags,
     };
     let tags_end = n_tags
         .checked_mul(TAG_LEN)
-        .and_then(|t| t.checked_add(PREAMBLE_LEN + header_len + MAC_LEN))
+        .and_then(|t| t.checked_add(header.tags_offset()))
         .ok_or_else(overflow)?;
     if data_offset < tags_end || data_offset - tags_end > MAX_PADDING {
         return fail(format!(
@@ -506,9 +634,13 @@ pub fn check_padding(header: &Header, file: &[u8]) -> Result<()> {
 /// Parses and validates everything that can be checked without a key.
 pub fn parse_file(file: &[u8]) -> Result<Header> {
     let file_len = file.len() as u64;
-    let (header_len, data_offset) = parse_preamble(file, file_len)?;
-    let json = &file[PREAMBLE_LEN as usize..(PREAMBLE_LEN + header_len) as usize];
-    let header = parse_header(json, header_len, data_offset, file_len)?;
+    let pre = parse_preamble(file, file_len)?;
+    let area_end = (PREAMBLE_LEN + pre.stanza_area_len) as usize;
+    let (stanzas, signature) = parse_stanza_area(&file[PREAMBLE_LEN as usize..area_end])?;
+    let json = &file[area_end..area_end + pre.header_len as usize];
+    let mut header = parse_header(json, &pre, file_len)?;
+    header.stanzas = stanzas;
+    header.signature = signature;
     check_padding(&header, file)?;
     Ok(header)
 }
@@ -517,12 +649,19 @@ pub fn parse_file(file: &[u8]) -> Result<Header> {
 mod tests {
     use super::*;
 
+    fn preamble(area: u64, header: u64, data_offset: u64) -> Vec<u8> {
+        Preamble {
+            stanza_area_len: area,
+            header_len: header,
+            data_offset,
+        }
+        .to_bytes()
+        .to_vec()
+    }
+
     #[test]
-    fn preamble_rejects_bad_magic_version_and_lengths() {
-        let mut p = Vec::from(MAGIC);
-        p.extend_from_slice(&1u32.to_le_bytes());
-        p.extend_from_slice(&100u32.to_le_bytes());
-        p.extend_from_slice(&4096u64.to_le_bytes());
+    fn preamble_rejects_bad_magic_version_lengths_and_reserved() {
+        let p = preamble(4064, 100, 8192);
         assert!(parse_preamble(&p, 10_000).is_ok());
         assert!(matches!(parse_preamble(&p, 100), Err(Error::Format(_))));
         let mut bad = p.clone();
@@ -537,14 +676,23 @@ mod tests {
             parse_preamble(&bad, 10_000),
             Err(Error::Format(_))
         ));
-        let mut bad = p.clone();
-        bad[12..16].copy_from_slice(&(200u32 << 20).to_le_bytes());
+        let bad = preamble(4064, 200 << 20, 8192);
         assert!(matches!(
             parse_preamble(&bad, u64::MAX),
             Err(Error::Format(_))
         ));
-        let mut bad = p;
-        bad[16] = 1;
+        let bad = preamble(2 << 20, 100, 8192);
+        assert!(matches!(
+            parse_preamble(&bad, u64::MAX),
+            Err(Error::Format(_))
+        ));
+        let mut bad = p.clone();
+        bad[20] = 1;
+        assert!(matches!(
+            parse_preamble(&bad, 10_000),
+            Err(Error::Format(_))
+        ));
+        let bad = preamble(4064, 100, 8193);
         assert!(matches!(
             parse_preamble(&bad, 10_000),
             Err(Error::Format(_))
@@ -553,8 +701,18 @@ mod tests {
 
     fn header_json(tensors: &str) -> String {
         format!(
-            r#"{{"cipher":"AES-256-GCM","chunk_size":4096,"stanzas":[{{"type":"x"}}],"metadata":{{}},"tensors":[{tensors}]}}"#
+            r#"{{"cipher":"AES-256-GCM","chunk_size":4096,"metadata":{{}},"tensors":[{tensors}]}}"#
         )
+    }
+
+    fn pre(json: &str, n_tags: u64) -> Preamble {
+        let hl = json.len() as u64;
+        let tags_end = PREAMBLE_LEN + 16 + hl + 32 + n_tags * 16;
+        Preamble {
+            stanza_area_len: 16,
+            header_len: hl,
+            data_offset: tags_end.div_ceil(64) * 64,
+        }
     }
 
     #[test]
@@ -563,59 +721,66 @@ mod tests {
             r#"{"name":"a","dtype":"F32","shape":[3],"offsets":[0,12],"encrypted":true},
                {"name":"b","dtype":"U8","shape":[5000],"offsets":[64,5064],"encrypted":false}"#,
         );
-        let hl = j.len() as u64;
-        let tags_end = 24 + hl + 32 + 3 * 16;
-        let data_offset = tags_end.div_ceil(64) * 64;
-        let h = parse_header(j.as_bytes(), hl, data_offset, data_offset + 5064).unwrap();
+        let p = pre(&j, 3);
+        let h = parse_header(j.as_bytes(), &p, p.data_offset + 5064).unwrap();
         assert_eq!(h.n_tags, 3);
         assert_eq!(h.tensors[1].first_tag, 1);
-        assert!(parse_header(j.as_bytes(), hl, data_offset, data_offset + 5063).is_err());
-        assert!(parse_header(j.as_bytes(), hl, data_offset, data_offset + 5065).is_err());
+        assert!(parse_header(j.as_bytes(), &p, p.data_offset + 5063).is_err());
+        assert!(parse_header(j.as_bytes(), &p, p.data_offset + 5065).is_err());
         let bad = j.replace("[64,5064]", "[12,5012]");
-        assert!(parse_header(
-            bad.as_bytes(),
-            bad.len() as u64,
-            data_offset,
-            data_offset + 5012
-        )
-        .is_err());
+        assert!(parse_header(bad.as_bytes(), &pre(&bad, 3), p.data_offset + 5012).is_err());
     }
 
     #[test]
     fn overflowing_shapes_are_format_errors() {
-        let j = header_json(
-            r#"{"name":"a","dtype":"F64","shape":[9007199254740991,9007199254740991],"offsets":[0,0],"encrypted":true}"#,
-        );
-        assert!(matches!(
-            parse_header(j.as_bytes(), j.len() as u64, 4096, 4096),
-            Err(Error::Format(_))
-        ));
+        for shape in [
+            "[9007199254740991,9007199254740991]",
+            "[0,9007199254740991,9007199254740991]",
+        ] {
+            let j = header_json(&format!(
+                r#"{{"name":"a","dtype":"F64","shape":{shape},"offsets":[0,0],"encrypted":true}}"#
+            ));
+            let p = pre(&j, 1);
+            assert!(matches!(
+                parse_header(j.as_bytes(), &p, p.data_offset),
+                Err(Error::Format(_))
+            ));
+        }
     }
 
     #[test]
-    fn stanza_rules() {
-        let base = |stanzas: &str| {
-            format!(
-                r#"{{"cipher":"AES-256-GCM","chunk_size":4096,"stanzas":[{stanzas}],"metadata":{{}},"tensors":[]}}"#
-            )
-        };
+    fn stanza_area_rules() {
         let salt = "00".repeat(16);
         let body = "ab".repeat(48);
         let key = format!(r#"{{"type":"key","salt":"{salt}","body":"{body}"}}"#);
         let scrypt = format!(r#"{{"type":"scrypt","salt":"{salt}","log_n":10,"body":"{body}"}}"#);
-        let check = |s: String| {
-            let hl = s.len() as u64;
-            let d = (24 + hl + 32).div_ceil(64) * 64;
-            parse_header(s.as_bytes(), hl, d, d)
-        };
-        assert!(check(base(&key)).is_ok());
-        assert!(check(base(&scrypt)).is_ok());
-        assert!(check(base(&format!("{key},{scrypt}"))).is_err());
-        assert!(check(base(&scrypt.replace("\"log_n\":10", "\"log_n\":40"))).is_err());
-        assert!(check(base(&key.replace("\"ab", "\"AB"))).is_err());
-        assert!(check(base(&key.replace("}", ",\"extra\":\"x\"}"))).is_err());
-        assert!(check(base(r#"{"type":"future-recipient","x":"y","n":3}"#)).is_ok());
-        assert!(check(base(r#"{"type":"future-recipient","x":{"nested":1}}"#)).is_err());
-        assert!(check(base("")).is_err());
+        let x = format!(
+            r#"{{"type":"x25519","share":"{}","body":"{body}"}}"#,
+            "01".repeat(32)
+        );
+        let rsa = format!(r#"{{"type":"rsa-oaep","body":"{}"}}"#, "02".repeat(256));
+        let area = |stanzas: &str| format!(r#"{{"stanzas":[{stanzas}]}}    "#);
+        let check = |s: String| parse_stanza_area(s.as_bytes());
+        assert!(check(area(&key)).is_ok());
+        assert!(check(area(&scrypt)).is_ok());
+        assert_eq!(check(area(&format!("{key},{x},{rsa}"))).unwrap().0.len(), 3);
+        assert!(check(area(&rsa.replace("\"02", "\"0202"))).is_ok());
+        let short_rsa = format!(r#"{{"type":"rsa-oaep","body":"{}"}}"#, "02".repeat(255));
+        assert!(check(area(&short_rsa)).is_err());
+        assert!(check(area(&format!("{key},{scrypt}"))).is_err());
+        assert!(check(area(&scrypt.replace("\"log_n\":10", "\"log_n\":40"))).is_err());
+        assert!(check(area(&key.replace("\"ab", "\"AB"))).is_err());
+        assert!(check(area(&key.replace('}', ",\"extra\":\"x\"}"))).is_err());
+        assert!(check(area(r#"{"type":"future-recipient","x":"y","n":3}"#)).is_ok());
+        assert!(check(area(r#"{"type":"future-recipient","x":{"nested":1}}"#)).is_err());
+        assert!(check(area("")).is_err());
+        assert!(check(format!(r#"{{"stanzas":[{key}],"other":1}}"#)).is_err());
+        let sig = format!(
+            r#"{{"stanzas":[{key}],"signature":{{"type":"ed25519","sig":"{}"}}}}"#,
+            "cd".repeat(64)
+        );
+        assert!(check(sig.clone()).unwrap().1.is_some());
+        assert!(check(sig.replace("ed25519", "rsa")).is_err());
+        assert!(check(format!("{}\n", area(&key))).is_err());
     }
 }

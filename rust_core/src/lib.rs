@@ -11,6 +11,7 @@ pub mod header;
 mod json;
 pub mod keys;
 pub mod reader;
+pub mod rekey;
 mod sigbus;
 pub mod writer;
 
@@ -20,6 +21,7 @@ mod py;
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use header::{Header, Stanza, TensorInfo};
-pub use keys::Credential;
+pub use keys::{Credential, Recipient};
 pub use reader::Reader;
+pub use rekey::{rekey_file, Rekeyed};
 pub use writer::{write_file_atomic, write_to, TensorSource, WriteOptions};

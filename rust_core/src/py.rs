@@ -14,9 +14,11 @@ use pyo3::types::PyBytes;
 use crate::dtype::Dtype;
 use crate::error::Error;
 use crate::header::{self, Header};
-use crate::keys::Credential;
+use crate::keys::{describe, Credential, Recipient};
 use crate::reader::{self, Reader};
+use crate::rekey::{rekey_file, Rekeyed};
 use crate::writer::{self, TensorSource, WriteOptions};
+use zeroize::Zeroizing;
 
 pyo3::import_exception!(enctensor.errors, FormatError);
 pyo3::import_exception!(enctensor.errors, WrongKeyError);
@@ -41,17 +43,82 @@ impl From<Error> for PyErr {
     }
 }
 
-fn credential(key: Option<&[u8]>, passphrase: Option<&str>) -> PyResult<Credential> {
-    match (key, passphrase) {
-        (Some(k), None) => Ok(Credential::key(k)?),
-        (None, Some(p)) => Ok(Credential::passphrase(p)?),
-        (None, None) => Err(PyValueError::new_err(
-            "give a key or a passphrase to open this file",
-        )),
-        (Some(_), Some(_)) => Err(PyValueError::new_err(
-            "give either a key or a passphrase, not both",
-        )),
+/// Exactly one of the ways to open a file.
+fn credential(
+    key: Option<&[u8]>,
+    passphrase: Option<&str>,
+    x25519: Option<&[u8]>,
+    rsa_pkcs8: Option<&[u8]>,
+    file_key: Option<&[u8]>,
+) -> PyResult<Credential> {
+    if let Some(k) = file_key {
+        if key.is_some() || passphrase.is_some() || x25519.is_some() || rsa_pkcs8.is_some() {
+            return Err(PyValueError::new_err(
+                "give one key or passphrase, not several",
+            ));
+        }
+        return Ok(Credential::file_key(k)?);
     }
+    let given = [
+        key.is_some(),
+        passphrase.is_some(),
+        x25519.is_some(),
+        rsa_pkcs8.is_some(),
+    ];
+    match given.iter().filter(|&&g| g).count() {
+        0 => {
+            return Err(PyValueError::new_err(
+                "give a key or a passphrase to open this file",
+            ))
+        }
+        1 => {}
+        _ => {
+            return Err(PyValueError::new_err(
+                "give one key or passphrase, not several",
+            ))
+        }
+    }
+    Ok(if let Some(k) = key {
+        Credential::key(k)?
+    } else if let Some(p) = passphrase {
+        Credential::passphrase(p)?
+    } else if let Some(x) = x25519 {
+        Credential::x25519(x)?
+    } else {
+        Credential::rsa_pkcs8(rsa_pkcs8.expect("one credential"))?
+    })
+}
+
+fn recipients(
+    keys: Vec<Vec<u8>>,
+    passphrase: Option<&str>,
+    x25519: Vec<Vec<u8>>,
+    rsa_spki: Vec<Vec<u8>>,
+) -> PyResult<Vec<Recipient>> {
+    let mut out = keys
+        .iter()
+        .map(|k| Recipient::key(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    for x in &x25519 {
+        out.push(Recipient::x25519(x)?);
+    }
+    for r in &rsa_spki {
+        out.push(Recipient::rsa_spki(r)?);
+    }
+    if let Some(p) = passphrase {
+        out.push(Recipient::passphrase(p)?);
+    }
+    Ok(out)
+}
+
+fn seed(sign_seed: Option<&[u8]>) -> PyResult<Option<Zeroizing<[u8; 32]>>> {
+    sign_seed
+        .map(|s| {
+            <[u8; 32]>::try_from(s)
+                .map(Zeroizing::new)
+                .map_err(|_| PyValueError::new_err("an Ed25519 private key seed is 32 bytes"))
+        })
+        .transpose()
 }
 
 /// A held buffer export: its address and length stay valid while `_buf` lives.
@@ -120,16 +187,25 @@ fn tensor_rows(h: &Header) -> Vec<TensorRow> {
         .collect()
 }
 
-/// Everything `inspect` shows: (tensors, metadata, stanza types, chunk size, file length).
-type Inspection = (Vec<TensorRow>, Vec<(String, String)>, Vec<String>, u64, u64);
+/// Everything `inspect` shows: (tensors, metadata, stanza descriptions, chunk size, file
+/// length, signed).
+type Inspection = (
+    Vec<TensorRow>,
+    Vec<(String, String)>,
+    Vec<Vec<(String, String)>>,
+    u64,
+    u64,
+    bool,
+);
 
 fn inspection(h: &Header) -> Inspection {
     (
         tensor_rows(h),
         h.metadata.clone(),
-        h.stanzas.iter().map(|s| s.kind().to_owned()).collect(),
+        h.stanzas.iter().map(describe).collect(),
         h.chunk_size,
         h.file_len(),
+        h.signature.is_some(),
     )
 }
 
@@ -142,29 +218,39 @@ struct PyReader {
 #[pymethods]
 impl PyReader {
     #[new]
-    #[pyo3(signature = (path, *, key=None, passphrase=None))]
+    #[pyo3(signature = (path, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, verify_key=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         key: Option<&[u8]>,
         passphrase: Option<&str>,
+        x25519: Option<&[u8]>,
+        rsa_pkcs8: Option<&[u8]>,
+        file_key: Option<&[u8]>,
+        verify_key: Option<&[u8]>,
     ) -> PyResult<Self> {
-        let cred = credential(key, passphrase)?;
-        let inner = py.detach(|| Reader::open(&path, &cred))?;
+        let cred = credential(key, passphrase, x25519, rsa_pkcs8, file_key)?;
+        let inner = py.detach(|| Reader::open(&path, &cred, verify_key))?;
         Ok(PyReader { inner })
     }
 
     #[staticmethod]
-    #[pyo3(signature = (data, *, key=None, passphrase=None))]
+    #[pyo3(signature = (data, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, verify_key=None))]
+    #[allow(clippy::too_many_arguments)]
     fn from_bytes(
         py: Python<'_>,
         data: &[u8],
         key: Option<&[u8]>,
         passphrase: Option<&str>,
+        x25519: Option<&[u8]>,
+        rsa_pkcs8: Option<&[u8]>,
+        file_key: Option<&[u8]>,
+        verify_key: Option<&[u8]>,
     ) -> PyResult<Self> {
-        let cred = credential(key, passphrase)?;
+        let cred = credential(key, passphrase, x25519, rsa_pkcs8, file_key)?;
         let data = data.to_vec();
-        let inner = py.detach(|| Reader::from_bytes(data, &cred))?;
+        let inner = py.detach(|| Reader::from_bytes(data, &cred, verify_key))?;
         Ok(PyReader { inner })
     }
 
@@ -264,21 +350,19 @@ struct Prepared {
     opts: WriteOptions,
 }
 
+/// Who a file is written for, and how: the keyword arguments shared by the write functions.
+struct Targets {
+    recipients: Vec<Recipient>,
+    sign_seed: Option<Zeroizing<[u8; 32]>>,
+    log_n: u8,
+    chunk_size: u64,
+}
+
 fn prepare(
     tensors: Vec<TensorIn<'_>>,
     metadata: Vec<(String, String)>,
-    keys: Vec<Vec<u8>>,
-    passphrase: Option<&str>,
-    log_n: u8,
-    chunk_size: u64,
+    t: Targets,
 ) -> PyResult<Prepared> {
-    let mut credentials = keys
-        .iter()
-        .map(|k| Credential::key(k))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(p) = passphrase {
-        credentials.push(Credential::passphrase(p)?);
-    }
     let mut specs = Vec::with_capacity(tensors.len());
     let mut held = Vec::with_capacity(tensors.len());
     for (name, dtype, shape, data, encrypted) in tensors {
@@ -288,15 +372,17 @@ fn prepare(
         specs.push((name, dt, shape, h.ptr, h.len, encrypted));
         held.push(h);
     }
+    let opts = WriteOptions {
+        chunk_size: t.chunk_size,
+        metadata,
+        recipients: t.recipients,
+        log_n: t.log_n,
+        sign_seed: t.sign_seed,
+    };
     Ok(Prepared {
         specs,
         _held: held,
-        opts: WriteOptions {
-            chunk_size,
-            metadata,
-            credentials,
-            log_n,
-        },
+        opts,
     })
 }
 
@@ -316,9 +402,32 @@ impl Prepared {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
+fn targets(
+    keys: Vec<Vec<u8>>,
+    passphrase: Option<&str>,
+    x25519: Option<Vec<Vec<u8>>>,
+    rsa_spki: Option<Vec<Vec<u8>>>,
+    sign_seed: Option<&[u8]>,
+    log_n: u8,
+    chunk_size: u64,
+) -> PyResult<Targets> {
+    Ok(Targets {
+        recipients: recipients(
+            keys,
+            passphrase,
+            x25519.unwrap_or_default(),
+            rsa_spki.unwrap_or_default(),
+        )?,
+        sign_seed: seed(sign_seed)?,
+        log_n,
+        chunk_size,
+    })
+}
+
 /// Writes an encrypted file atomically. `tensors` is `[(name, dtype, shape, buffer, encrypted)]`.
 #[pyfunction]
-#[pyo3(signature = (path, tensors, *, metadata, keys, passphrase=None, log_n=18, chunk_size=1048576))]
+#[pyo3(signature = (path, tensors, *, metadata, keys, passphrase=None, x25519=None, rsa_spki=None, sign_seed=None, log_n=18, chunk_size=1048576))]
 #[allow(clippy::too_many_arguments)]
 fn write_file(
     py: Python<'_>,
@@ -327,32 +436,78 @@ fn write_file(
     metadata: Vec<(String, String)>,
     keys: Vec<Vec<u8>>,
     passphrase: Option<&str>,
+    x25519: Option<Vec<Vec<u8>>>,
+    rsa_spki: Option<Vec<Vec<u8>>>,
+    sign_seed: Option<&[u8]>,
     log_n: u8,
     chunk_size: u64,
 ) -> PyResult<u64> {
-    let prep = prepare(tensors, metadata, keys, passphrase, log_n, chunk_size)?;
+    let t = targets(
+        keys, passphrase, x25519, rsa_spki, sign_seed, log_n, chunk_size,
+    )?;
+    let prep = prepare(tensors, metadata, t)?;
     let n = py.detach(|| writer::write_file_atomic(&path, &prep.sources(), &prep.opts))?;
     Ok(n)
 }
 
 /// Like `write_file`, returning the file as `bytes`.
 #[pyfunction]
-#[pyo3(signature = (tensors, *, metadata, keys, passphrase=None, log_n=18, chunk_size=1048576))]
+#[pyo3(signature = (tensors, *, metadata, keys, passphrase=None, x25519=None, rsa_spki=None, sign_seed=None, log_n=18, chunk_size=1048576))]
+#[allow(clippy::too_many_arguments)]
 fn write_bytes<'py>(
     py: Python<'py>,
     tensors: Vec<TensorIn<'py>>,
     metadata: Vec<(String, String)>,
     keys: Vec<Vec<u8>>,
     passphrase: Option<&str>,
+    x25519: Option<Vec<Vec<u8>>>,
+    rsa_spki: Option<Vec<Vec<u8>>>,
+    sign_seed: Option<&[u8]>,
     log_n: u8,
     chunk_size: u64,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let prep = prepare(tensors, metadata, keys, passphrase, log_n, chunk_size)?;
+    let t = targets(
+        keys, passphrase, x25519, rsa_spki, sign_seed, log_n, chunk_size,
+    )?;
+    let prep = prepare(tensors, metadata, t)?;
     let out = py.detach(|| {
         let mut cur = std::io::Cursor::new(Vec::new());
         writer::write_to(&mut cur, &prep.sources(), &prep.opts).map(|_| cur.into_inner())
     })?;
     Ok(PyBytes::new(py, &out))
+}
+
+/// Replaces the stanzas of a file (opened with one credential) by stanzas for new recipients,
+/// without touching tensor bytes. Returns "in-place" or "rewritten".
+#[pyfunction]
+#[pyo3(signature = (path, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, new_keys=None, new_passphrase=None, new_x25519=None, new_rsa_spki=None, log_n=18))]
+#[allow(clippy::too_many_arguments)]
+fn rekey(
+    py: Python<'_>,
+    path: PathBuf,
+    key: Option<&[u8]>,
+    passphrase: Option<&str>,
+    x25519: Option<&[u8]>,
+    rsa_pkcs8: Option<&[u8]>,
+    file_key: Option<&[u8]>,
+    new_keys: Option<Vec<Vec<u8>>>,
+    new_passphrase: Option<&str>,
+    new_x25519: Option<Vec<Vec<u8>>>,
+    new_rsa_spki: Option<Vec<Vec<u8>>>,
+    log_n: u8,
+) -> PyResult<&'static str> {
+    let cred = credential(key, passphrase, x25519, rsa_pkcs8, file_key)?;
+    let to = recipients(
+        new_keys.unwrap_or_default(),
+        new_passphrase,
+        new_x25519.unwrap_or_default(),
+        new_rsa_spki.unwrap_or_default(),
+    )?;
+    let how = py.detach(|| rekey_file(&path, &cred, &to, log_n))?;
+    Ok(match how {
+        Rekeyed::InPlace => "in-place",
+        Rekeyed::Rewritten => "rewritten",
+    })
 }
 
 #[pymodule(gil_used = false)]
@@ -364,5 +519,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(write_file, m)?)?;
     m.add_function(wrap_pyfunction!(write_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(rekey, m)?)?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::crypto::{self, GcmKey, SecretKey};
 use crate::error::{Error, Result};
 use crate::header::{self, Header, TensorInfo, MAC_LEN, TAG_LEN};
-use crate::keys::{open_stanzas, Credential};
+use crate::keys::{open_stanzas, verify_signature, Credential};
 use crate::sigbus::Guard;
 
 /// A read-only map, registered with the SIGBUS guard. Field order matters: the guard is
@@ -95,35 +95,64 @@ struct Work<'a> {
 }
 
 impl Reader {
-    pub fn open(path: &Path, cred: &Credential) -> Result<Reader> {
+    /// Opens `path` with `cred`. With `verify_key` (an Ed25519 public key), the publisher
+    /// signature must be present and valid.
+    pub fn open(path: &Path, cred: &Credential, verify_key: Option<&[u8]>) -> Result<Reader> {
         let name = path.display().to_string();
-        Reader::from_source(map_file(path)?, cred, name)
+        Reader::from_source(map_file(path)?, cred, verify_key, name)
     }
 
-    pub fn from_bytes(bytes: Vec<u8>, cred: &Credential) -> Result<Reader> {
-        Reader::from_source(Source::Owned(bytes), cred, "<bytes>".into())
+    pub fn from_bytes(
+        bytes: Vec<u8>,
+        cred: &Credential,
+        verify_key: Option<&[u8]>,
+    ) -> Result<Reader> {
+        Reader::from_source(Source::Owned(bytes), cred, verify_key, "<bytes>".into())
     }
 
-    fn from_source(src: Source, cred: &Credential, name: String) -> Result<Reader> {
+    fn from_source(
+        src: Source,
+        cred: &Credential,
+        verify_key: Option<&[u8]>,
+        name: String,
+    ) -> Result<Reader> {
         let bytes = src.bytes();
         let parsed = header::parse_file(bytes).map_err(|e| e.context(&name));
         src.check_intact(&name)?;
         let header = parsed?;
         let file_key = open_stanzas(&header.stanzas, cred).map_err(|e| e.context(&name))?;
         let mac_at = header.mac_offset() as usize;
-        let expected = crypto::header_mac(
-            &file_key,
-            &[
-                &bytes[..mac_at],
-                &bytes[header.tags_offset() as usize..header.tags_end() as usize],
-            ],
-        );
+        let json = &bytes[header.header_offset() as usize..mac_at];
+        let tags = &bytes[header.tags_offset() as usize..header.tags_end() as usize];
+        let expected = crypto::header_mac(&file_key, &[json, tags]);
         let mac_ok = crypto::ct_eq(&expected, &bytes[mac_at..mac_at + MAC_LEN as usize]);
+        let sig_ok = verify_key.map(|public| {
+            header
+                .signature
+                .as_ref()
+                .is_some_and(|sig| verify_signature(public, sig, json, tags))
+        });
         src.check_intact(&name)?;
+        if !mac_ok && matches!(cred, Credential::FileKey(_)) {
+            return Err(Error::WrongKey(format!(
+                "{name}: no key opens this file: the file key from the key provider does not \
+                 match it (or its header was modified)"
+            )));
+        }
         if !mac_ok {
             return Err(Error::Integrity(format!(
                 "{name}: header authentication failed: the header or tag table was modified or \
                  corrupted (the key opened a stanza, so it is the right key)"
+            )));
+        }
+        if sig_ok == Some(false) {
+            let why = if header.signature.is_some() {
+                "the publisher signature is invalid"
+            } else {
+                "the file is not signed"
+            };
+            return Err(Error::Integrity(format!(
+                "{name}: {why}: it was not published by the holder of the verification key given"
             )));
         }
         Ok(Reader {
@@ -317,8 +346,12 @@ impl Reader {
     }
 
     /// The file key, for re-keying. Crate-internal: never exposed to Python.
-    #[allow(dead_code)]
     pub(crate) fn file_key(&self) -> &SecretKey {
         &self.file_key
+    }
+
+    /// The raw file bytes, for re-keying.
+    pub(crate) fn raw(&self) -> &[u8] {
+        self.bytes()
     }
 }

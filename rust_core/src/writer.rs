@@ -1,6 +1,7 @@
 //! Writing a file: lay out the header, encrypt tensor by tensor in bounded batches (never the
-//! whole file in memory), then fill in the tag table and the header MAC. File writes are
-//! atomic: a temporary file in the target directory, fsync, rename.
+//! whole file in memory), then fill in the tag table, the header MAC and the stanza area (last,
+//! because a signature covers the tags). File writes are atomic: a temporary file in the target
+//! directory, fsync, rename.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -14,14 +15,18 @@ use crate::crypto::{self, SecretKey, KEY_LEN, TAG_LEN};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::header::{
-    self, Stanza, CIPHER, DATA_ALIGN, MAGIC, MAX_CHUNK, MAX_NAME_LEN, MIN_CHUNK, VERSION,
+    self, Preamble, Stanza, CIPHER, DATA_ALIGN, MAX_CHUNK, MAX_NAME_LEN, MIN_CHUNK, PREAMBLE_LEN,
+    SIG_LEN,
 };
-use crate::keys::{make_stanza, Credential};
+use crate::keys::{make_stanza, sign, Recipient};
 
 /// Writers page-align the data section so that tensor data can be mapped page by page.
 pub const WRITER_DATA_ALIGN: u64 = 4096;
 pub const DEFAULT_CHUNK: u64 = 1 << 20;
 pub const DEFAULT_LOG_N: u8 = 18;
+/// The preamble and a stanza area of this size fill exactly the first page, so re-keying is
+/// one single-page write.
+pub const PAGE: u64 = 4096;
 /// Plaintext encrypted per batch before it is written out: bounds the writer's memory.
 const BATCH_BYTES: usize = 32 << 20;
 
@@ -37,9 +42,11 @@ pub struct TensorSource<'a> {
 pub struct WriteOptions {
     pub chunk_size: u64,
     pub metadata: Vec<(String, String)>,
-    pub credentials: Vec<Credential>,
-    /// scrypt work factor for a passphrase credential.
+    pub recipients: Vec<Recipient>,
+    /// scrypt work factor for a passphrase recipient.
     pub log_n: u8,
+    /// Ed25519 private key (32-byte seed) to sign the file with.
+    pub sign_seed: Option<Zeroizing<[u8; 32]>>,
 }
 
 impl Default for WriteOptions {
@@ -47,8 +54,9 @@ impl Default for WriteOptions {
         WriteOptions {
             chunk_size: DEFAULT_CHUNK,
             metadata: Vec::new(),
-            credentials: Vec::new(),
+            recipients: Vec::new(),
             log_n: DEFAULT_LOG_N,
+            sign_seed: None,
         }
     }
 }
@@ -57,20 +65,19 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(Error::InvalidArgument(msg.into()))
 }
 
+/// Checks the set of recipients: at least one, and a passphrase only alone.
+pub fn check_recipients(recipients: &[Recipient]) -> Result<()> {
+    if recipients.is_empty() {
+        return invalid("nothing to encrypt to: give a key, a recipient or a passphrase");
+    }
+    if recipients.iter().any(Recipient::is_passphrase) && recipients.len() > 1 {
+        return invalid("a passphrase cannot be combined with other keys, recipients or passphrases in one file");
+    }
+    Ok(())
+}
+
 fn check_inputs(tensors: &[TensorSource], opts: &WriteOptions) -> Result<()> {
-    if opts.credentials.is_empty() {
-        return invalid("nothing to encrypt to: give a key or a passphrase");
-    }
-    let passphrases = opts
-        .credentials
-        .iter()
-        .filter(|c| matches!(c, Credential::Passphrase(_)))
-        .count();
-    if passphrases > 0 && opts.credentials.len() > 1 {
-        return invalid(
-            "a passphrase cannot be combined with other keys or passphrases in one file",
-        );
-    }
+    check_recipients(&opts.recipients)?;
     if !opts.chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&opts.chunk_size) {
         return invalid(format!(
             "chunk_size must be a power of two between {MIN_CHUNK} and {MAX_CHUNK}, got {}",
@@ -109,8 +116,11 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("strings always serialize")
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 fn stanza_json(s: &Stanza) -> String {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     match s {
         Stanza::Key { salt, body } => {
             format!(
@@ -124,20 +134,54 @@ fn stanza_json(s: &Stanza) -> String {
             hex(salt),
             hex(body)
         ),
+        Stanza::X25519 { share, body } => {
+            format!(
+                r#"{{"type":"x25519","share":"{}","body":"{}"}}"#,
+                hex(share),
+                hex(body)
+            )
+        }
+        Stanza::RsaOaep { body } => format!(r#"{{"type":"rsa-oaep","body":"{}"}}"#, hex(body)),
         Stanza::Unknown { .. } => unreachable!("writers only make known stanzas"),
     }
+}
+
+/// The stanza area's JSON (unpadded).
+pub fn stanza_area_json(stanzas: &[Stanza], signature: Option<&[u8; SIG_LEN]>) -> Vec<u8> {
+    let list = stanzas
+        .iter()
+        .map(stanza_json)
+        .collect::<Vec<_>>()
+        .join(",");
+    match signature {
+        None => format!(r#"{{"stanzas":[{list}]}}"#),
+        Some(sig) => format!(
+            r#"{{"stanzas":[{list}],"signature":{{"type":"ed25519","sig":"{}"}}}}"#,
+            hex(sig)
+        ),
+    }
+    .into_bytes()
+}
+
+/// The stanza area length a writer picks for `json_len` bytes of stanzas: the rest of the
+/// first page if they fit, else whole pages.
+pub fn area_len_for(json_len: u64) -> u64 {
+    (PREAMBLE_LEN + json_len).div_ceil(PAGE) * PAGE - PREAMBLE_LEN
+}
+
+/// The stanza area padded with spaces to `area_len`.
+pub fn padded_area(json: &[u8], area_len: u64) -> Vec<u8> {
+    let mut area = json.to_vec();
+    area.resize(area_len as usize, b' ');
+    area
 }
 
 fn align_up(n: u64, a: u64) -> u64 {
     n.div_ceil(a) * a
 }
 
-/// Serializes the header for `tensors` and returns `(json, per-tensor begin offsets, chunk counts)`.
-fn build_header(
-    tensors: &[TensorSource],
-    opts: &WriteOptions,
-    stanzas: &[Stanza],
-) -> (Vec<u8>, Vec<u64>, Vec<u64>) {
+/// Serializes the header for `tensors`; returns `(json, per-tensor begin offsets, chunk counts)`.
+fn build_header(tensors: &[TensorSource], opts: &WriteOptions) -> (Vec<u8>, Vec<u64>, Vec<u64>) {
     let mut begins = Vec::with_capacity(tensors.len());
     let mut chunks = Vec::with_capacity(tensors.len());
     let mut end = 0u64;
@@ -166,13 +210,8 @@ fn build_header(
         .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
         .collect::<Vec<_>>()
         .join(",");
-    let stanzas = stanzas
-        .iter()
-        .map(stanza_json)
-        .collect::<Vec<_>>()
-        .join(",");
     let json = format!(
-        r#"{{"cipher":"{CIPHER}","chunk_size":{},"stanzas":[{stanzas}],"metadata":{{{metadata}}},"tensors":[{}]}}"#,
+        r#"{{"cipher":"{CIPHER}","chunk_size":{},"metadata":{{{metadata}}},"tensors":[{}]}}"#,
         opts.chunk_size,
         entries.join(",")
     );
@@ -193,11 +232,14 @@ pub fn write_to<W: Write + Seek>(
     let mut file_key: SecretKey = Zeroizing::new([0u8; KEY_LEN]);
     crypto::random(&mut file_key[..])?;
     let stanzas = opts
-        .credentials
+        .recipients
         .iter()
-        .map(|c| make_stanza(&file_key, c, opts.log_n))
+        .map(|r| make_stanza(&file_key, r, opts.log_n))
         .collect::<Result<Vec<_>>>()?;
-    let (json, begins, chunks) = build_header(tensors, opts, &stanzas);
+    // The signature is only known at the end; size the area for it now.
+    let placeholder = opts.sign_seed.as_ref().map(|_| [0u8; SIG_LEN]);
+    let area_len = area_len_for(stanza_area_json(&stanzas, placeholder.as_ref()).len() as u64);
+    let (json, begins, chunks) = build_header(tensors, opts);
     let header_len = json.len() as u64;
     if header_len > header::MAX_HEADER_LEN {
         return invalid(format!(
@@ -205,27 +247,27 @@ pub fn write_to<W: Write + Seek>(
         ));
     }
     let n_tags: u64 = chunks.iter().sum();
-    let tags_offset = header::PREAMBLE_LEN + header_len + header::MAC_LEN;
-    let tags_end = tags_offset + n_tags * header::TAG_LEN;
+    let header_offset = PREAMBLE_LEN + area_len;
+    let mac_offset = header_offset + header_len;
+    let tags_end = mac_offset + header::MAC_LEN + n_tags * header::TAG_LEN;
     let data_offset = align_up(tags_end, WRITER_DATA_ALIGN);
-
-    let mut preamble = Vec::with_capacity(24);
-    preamble.extend_from_slice(&MAGIC);
-    preamble.extend_from_slice(&VERSION.to_le_bytes());
-    preamble.extend_from_slice(&(header_len as u32).to_le_bytes());
-    preamble.extend_from_slice(&data_offset.to_le_bytes());
+    let pre = Preamble {
+        stanza_area_len: area_len,
+        header_len,
+        data_offset,
+    };
     // Validate what we are about to write with the reader's own parser: a writer bug must
     // never produce a file that readers reject.
-    let file_len = data_offset
-        + tensors
-            .last()
-            .map_or(0, |t| begins[begins.len() - 1] + t.data.len() as u64);
-    header::parse_header(&json, header_len, data_offset, file_len)
+    let data_len = tensors
+        .last()
+        .map_or(0, |t| begins[begins.len() - 1] + t.data.len() as u64);
+    header::parse_header(&json, &pre, data_offset + data_len)
         .map_err(|e| Error::InvalidArgument(format!("cannot write this header: {e}")))?;
 
-    w.write_all(&preamble).map_err(io_err)?;
+    w.write_all(&pre.to_bytes()).map_err(io_err)?;
+    write_zeros(w, area_len)?;
     w.write_all(&json).map_err(io_err)?;
-    write_zeros(w, data_offset - header::PREAMBLE_LEN - header_len)?;
+    write_zeros(w, data_offset - mac_offset)?;
 
     let cs = opts.chunk_size as usize;
     let mut tags: Vec<[u8; TAG_LEN]> = Vec::with_capacity(n_tags as usize);
@@ -236,10 +278,11 @@ pub fn write_to<W: Write + Seek>(
         let key = crypto::tensor_key(&file_key, &t.name);
         let m = chunks[i];
         if t.data.is_empty() {
+            let n = crypto::chunk_nonce(0, 1);
             tags.push(if t.encrypted {
-                key.seal(crypto::chunk_nonce(0, 1), b"", &mut [])
+                key.seal(n, b"", &mut [])
             } else {
-                key.gmac(crypto::chunk_nonce(0, 1), b"")
+                key.gmac(n, b"")
             });
         }
         let per_batch = (BATCH_BYTES / cs).max(1);
@@ -273,9 +316,15 @@ pub fn write_to<W: Write + Seek>(
     }
     debug_assert_eq!(tags.len() as u64, n_tags);
     let tag_bytes: Vec<u8> = tags.concat();
-    let mac = crypto::header_mac(&file_key, &[&preamble, &json, &tag_bytes]);
-    w.seek(SeekFrom::Start(header::PREAMBLE_LEN + header_len))
-        .map_err(io_err)?;
+    let mac = crypto::header_mac(&file_key, &[&json, &tag_bytes]);
+    let signature = match &opts.sign_seed {
+        Some(seed) => Some(sign(&seed[..], &json, &tag_bytes)?),
+        None => None,
+    };
+    let area = padded_area(&stanza_area_json(&stanzas, signature.as_ref()), area_len);
+    w.seek(SeekFrom::Start(PREAMBLE_LEN)).map_err(io_err)?;
+    w.write_all(&area).map_err(io_err)?;
+    w.seek(SeekFrom::Start(mac_offset)).map_err(io_err)?;
     w.write_all(&mac).map_err(io_err)?;
     w.write_all(&tag_bytes).map_err(io_err)?;
     w.seek(SeekFrom::Start(data_offset + pos)).map_err(io_err)?;
@@ -283,7 +332,7 @@ pub fn write_to<W: Write + Seek>(
     Ok(data_offset + pos)
 }
 
-fn write_zeros<W: Write>(w: &mut W, mut n: u64) -> Result<()> {
+pub(crate) fn write_zeros<W: Write>(w: &mut W, mut n: u64) -> Result<()> {
     const ZEROS: [u8; 4096] = [0u8; 4096];
     while n > 0 {
         let k = n.min(ZEROS.len() as u64) as usize;
@@ -304,12 +353,13 @@ impl Drop for TempFile {
     }
 }
 
-/// Writes `path` atomically: a crash or error leaves any previous file at `path` intact.
-pub fn write_file_atomic(
+/// Replaces `path` atomically with what `fill` writes: a temporary file in the same
+/// directory, fsync, rename, fsync of the directory. On any error the temporary file is
+/// removed and a previous file at `path` is left as it was.
+pub fn atomic_replace<T>(
     path: &Path,
-    tensors: &[TensorSource],
-    opts: &WriteOptions,
-) -> Result<u64> {
+    fill: impl FnOnce(&mut BufWriter<File>) -> Result<T>,
+) -> Result<T> {
     let shown = path.display().to_string();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -322,8 +372,7 @@ pub fn write_file_atomic(
         .into_owned();
     let mut rnd = [0u8; 6];
     crypto::random(&mut rnd)?;
-    let suffix: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp_path = dir.join(format!(".{file_name}.{suffix}.tmp"));
+    let tmp_path = dir.join(format!(".{file_name}.{}.tmp", hex(&rnd)));
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -331,7 +380,7 @@ pub fn write_file_atomic(
         .map_err(|e| Error::io(e, format!("cannot create a temporary file next to {shown}")))?;
     let guard = TempFile(Some(tmp_path.clone()));
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let n = write_to(&mut w, tensors, opts).map_err(|e| match e {
+    let out = fill(&mut w).map_err(|e| match e {
         Error::Io(err, _) => Error::io(err, format!("cannot write {shown}")),
         other => other,
     })?;
@@ -347,5 +396,15 @@ pub fn write_file_atomic(
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all();
     }
-    Ok(n)
+    Ok(out)
+}
+
+/// Writes `path` atomically: a crash or error leaves any previous file at `path` intact.
+pub fn write_file_atomic(
+    path: &Path,
+    tensors: &[TensorSource],
+    opts: &WriteOptions,
+) -> Result<u64> {
+    check_inputs(tensors, opts)?;
+    atomic_replace(path, |w| write_to(w, tensors, opts))
 }

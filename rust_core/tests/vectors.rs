@@ -10,13 +10,38 @@ fn vectors_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec/vectors")
 }
 
+/// PEM to DER (the test RSA key is a PKCS#8 "PRIVATE KEY" block).
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+fn credential(meta: &Value) -> Result<Credential, Error> {
+    if let Some(k) = meta.get("key") {
+        return Credential::key(&hex::decode(k.as_str().unwrap()).unwrap());
+    }
+    if let Some(p) = meta.get("passphrase") {
+        return Credential::passphrase(p.as_str().unwrap());
+    }
+    if let Some(id) = meta.get("identity") {
+        return match id["type"].as_str().unwrap() {
+            "x25519" => Credential::x25519(&hex::decode(id["private"].as_str().unwrap()).unwrap()),
+            "rsa" => Credential::rsa_pkcs8(&pem_der(id["private_pem"].as_str().unwrap())),
+            other => panic!("unknown identity type {other}"),
+        };
+    }
+    Credential::key(&[0u8; 32])
+}
+
 fn run(meta: &Value, file: Vec<u8>) -> Result<Vec<(String, String)>, Error> {
-    let cred = match (meta.get("key"), meta.get("passphrase")) {
-        (Some(k), _) => Credential::key(&hex::decode(k.as_str().unwrap()).unwrap())?,
-        (None, Some(p)) => Credential::passphrase(p.as_str().unwrap())?,
-        (None, None) => Credential::key(&[0u8; 32])?,
-    };
-    let r = Reader::from_bytes(file, &cred)?;
+    let cred = credential(meta)?;
+    let verify = meta
+        .get("verify_key")
+        .map(|v| hex::decode(v.as_str().unwrap()).unwrap());
+    let r = Reader::from_bytes(file, &cred, verify.as_deref())?;
     let mut out = Vec::new();
     for (i, t) in r.header().tensors.iter().enumerate() {
         let mut buf = vec![0u8; t.nbytes() as usize];

@@ -2,12 +2,18 @@
 
     python spec/vectors/generate.py            # rewrites spec/vectors/*.enct and *.json
     python spec/vectors/generate.py OUT_DIR    # writes them elsewhere
+    python spec/vectors/generate.py --print-missing-rsa-bodies
 
 Every vector is one function below, registered with ``@vector``; the function name is the
-vector name (``<area>_<defect>``). All randomness (file keys, salts, tensor contents) comes
-from SHA-256 in counter mode over the fixed seed "enctensor test randomness" and a label, so
-running the generator twice gives byte-identical files. Each vector is checked against the
-reference reader before it is written.
+vector name (``<area>_<defect>``). All randomness (file keys, salts, X25519 ephemeral secrets,
+tensor contents) comes from SHA-256 in counter mode over the fixed seed "enctensor test
+randomness" and a label, so running the generator twice gives byte-identical files. Each
+vector is checked against the reference reader before it is written.
+
+RSA-OAEP encryption is randomized in ``cryptography`` and cannot take a seed, so RSA-OAEP
+bodies are fixed constants (``RSA_OAEP_BODIES``), each checked by decrypting it with the
+fixed test key. A new RSA vector needs new constants: ``--print-missing-rsa-bodies`` runs
+every vector with fresh random bodies for the missing ones and prints entries to paste in.
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
 
@@ -36,6 +48,139 @@ PASSPHRASE = "correct horse battery staple"
 PASSPHRASE_WRONG = "correct horse battery stapler"
 LOG_N = 10  # small scrypt cost so that the vectors are fast to read
 CHUNK = 4096  # the smallest chunk size, so that small tensors span several chunks
+
+# X25519 identities (recipients) and Ed25519 publisher keys, from fixed 32-byte seeds.
+X25519_A = X25519PrivateKey.from_private_bytes(bytes(range(96, 128)))  # 606162...7f
+X25519_B = X25519PrivateKey.from_private_bytes(bytes(range(128, 160)))  # 808182...9f
+X25519_WRONG = X25519PrivateKey.from_private_bytes(bytes(range(160, 192)))  # a0a1a2...bf
+PUBLISHER_A = Ed25519PrivateKey.from_private_bytes(bytes(range(192, 224)))  # c0c1c2...df
+PUBLISHER_B = Ed25519PrivateKey.from_private_bytes(bytes(range(224, 256)))  # e0e1e2...ff
+
+# Fixed RSA-2048 test keys (generated once with cryptography; test material, not secrets).
+RSA_A_PEM = """\
+-----BEGIN PRIVATE KEY-----
+MIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiAgEAAoIBAQCx7OLys/fUgulk
+aSmygPxYJZOAceetFnyfJ9lUz4bCIJvEID+fLmcXWkMJ+6kz0Z9E+K5BTmuCnc+Z
+wZ+HqEXLP66AZJMraWnP42pcGNeS5prTHv0XAgRzOZ4iQDkJJCUBChDs38yHmAEb
+RsekPbElF8wy+06ObdCr1hQUnr4lxcUc3bM6RT7XsdJct9jnFywm79HYEtKLPzQc
+mBEN4IoddDzlXB5tbXizLkv3apsNl83GC/M+dhCUQnaNLxkJW4wp/y7EcxRQNz5N
+iVSQ/tfW2KcRmHBgS8UKrOKelnMxS/TylLRFe81VM88MpBNLRUsYZBN3BXlaLYFO
+nihdfm/jAgMBAAECggEAALjGAA5VacDaMvSBr4KxA16HFRUFx7eLNQTvFA0kCYVH
+fHwMbypymFPMshs+Pp3/gULWI0VlvWUxEEJ4Y+qiHv2q//sxm+2d+PvHC610aCJL
+EH4vi8rGu0YStJQB1PBgKzIyQfO8v/QQnjojIp63KWSlLY8x/tB9OqU5P1gqp01s
+fOLdcX2Ieq1ewck5ir/8/O/1Qu73w7stFDV/RcvlwP+smspEuaraj+0u893114xq
+JiL3c0G4tlYi1CUZ6FVaw+vyyeaC2oSFytNM2TZWktuM0798kVt5vDsIB+BSqPyf
+LBmNwmNwxi5+bgorGPsZ5vtZqT3S44bajJwvudELYQKBgQDn+y/mpr81yPQH9pFN
+MLsOTUMhVM7jHweiGX4rFbRaaqeMgIsk2WeKAcOhqegh0YDz09Fey8lrwum519M8
+ZN6/6toNQEOEVu4/bmvr/OIW4renK8DyAfoEae8U1p8HhbUXxkNmsou4Bi3vqwnx
+HtgY7NgAbZtbTCdV1PCzYQt8swKBgQDEWOne8TmUwQb3pMIV/CSE9GnIAKMkiSly
+akRaebpxsJlZJWK0laqlcoV36DYh8bJyy5nBw/Hd2XihM26FAr039zOUHLoMKcHA
+FX/w0fjrRXINF3lfkVADNwtpUDk1T5Coev2qEf0h6liCA59duykUGhvkzAIiQbg8
+xiP8V7w4EQKBgGVCmOsmeCqDGDptn4lBLzWT9iyTd2degRd55z/pTnt1OMO0zIf+
+OhrcoEduAfzZFV/ZYvftHnPideGAWx1urmi5nArStWYMCB06FvPAw/PXbPEUwTki
+Mb9BenHvKSXAcIb7LSqj3ycp011dnI5at1tR7wtozLqyaC0oMRUr1DbPAoGAdLz8
+h83aU2QUtWZi8tlQCTCcOAqQ9OcMGneuHjDjtjauZf9BWWbm56lYS3tnu/TNCU2e
+JENQ6XskKou+uRxwzfaO1w/hWdv10zO1NsRQf+lxLvF2+2gVL2Qpx7qn2NduhY1i
+hhxd6S1A5EQtG3hsqwP+86CL4Dw8wv13Zc/wG1ECgYAhVp97dYpvoS3KaXuZ1cWv
+YSjQkYM+9OZ1dCFv7Tu8OUdaTHpkLCZAKLOWL1sR3Vv7hhKzrSMS6kyQYtlxOQif
+VyZ2IffRWpxgaEOSEhgAc5Sb2eu49TFOzczkaICoO/fsHdgqZHKh61f4UIW7Yvgn
+l++P8H0h1S06PoWt213Law==
+-----END PRIVATE KEY-----
+"""
+RSA_B_PEM = """\
+-----BEGIN PRIVATE KEY-----
+MIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiAgEAAoIBAQC8bWHBan/4a+kf
+dFRA6V6bF8CqWgAYsddCZRRVpAeo8LyDyOkslSla76RMycXViNru4/9M45EGpiOH
+CeznvlSy1VeJOF4ZeQWL2pM+z16tPxxhcXw4YH46lE3aFTwsKR2q5heHFcmi4TNx
+rPt2toXkO88bw16Jbf94wrNkLwW+DwGcYSyAGTo2+qh+M8+aXaBUadQkRhtF/PVy
+N4cuP+ZM/owb3yEkwam/F66XjV1z+OgregzYmGb+u3UiKCAIaCPjT/1539uMuYwh
+cHdL0WU9zGa5NtNKkJBSlNzylAhxXKAqobAuSbi8n1ZatqCjyKw+Q3mwh1FQtNu7
+Odo8ZSM1AgMBAAECggEAJfFsxvL4NAEe34ugT7XurBJ7ZJJdBJwDOcZ68sfmFvnr
+LCpv8d9ThZFOJ3xWDyrQ01wsE8KbeJhJ/S5de0kTazOUvfgQ0tZQ7JmmHvbJHN/h
+iim9FukvYgJtLuYpyMa6x6gvwq77fIYWwuRPetdEXPJCQVf1GH2C/UFPuHPTlzK7
+7V7f9NvoYkZXC+b3TT6cDD9p6q2V4xQgvIZveSWSHS+SgY2BgUWtWyzEpQSZ+/aY
+9Sci6nggn0Dw1+xA4O3bN1vw7lbMoCSoVGIrfkVdzLeh1LBRCICLJiB9SMmBpjxV
+xG5eukyWTsk8+ZylknVnChSG8Wd+pCUl6Yf18ozAvQKBgQDeXIkCNr++UNlx/yGR
+vo1TSFJMnUlQEBfFxeT1+tMwJtbl+cRF/6XMUKiPITflxofs7aiV+SI8PEy+P+Br
+6KkO9asK3ltO/LVgQpBmCeE8BBi6pddnTbJVDdqvUEXYPMUxogfB1vfdAGrtuJ/d
+kP8hP6Cz9E4PHH3/hWo73uvuDwKBgQDY7qqIrx2sldNwTHrpQiRFT2A2Oh8ZN8HY
+lM7zDeNTzdwUN2dwiTNnAeDl0IMSrcKDotfOZ+iiiXLYJ5uf7UH1p2tUNuxUt0Dv
+7c1jokDvNAxtqjsYF+rnyMxYtl4MNQTCxAkAvLV1A4ChJLmHrHEsfvbdIYhiMuY4
+W8uh9pweewKBgDFTgakWEA7dzH63Q/Eavir9XhRUx9CU4VEkBxhx3atO0lkNwPZu
+MY9TTTEDA21bTwfF6KHsNCX8kmGZteT6JZaF9L1iegrZkDqcSX/5LRetKPculsv5
+tlebzSkau4OuZ2gNM39SeoVx9EZrsDrsUUxE2xdQWIiNn32xUNGbL+cNAoGAImvk
+dWHMBJmVfkk0a5TKKpFIw/H/A0JcqOAb4mc+vgp5NGACMtIibOLYa77lPW6C4d5R
+/fdw63GB3piSUhMUl0Uke61nXJ3jWO7T205gnVQV8MTFMbKB3Jt5CU6Op8M16S2v
+/AT1igavP2KTadrL7nKK+1WZzXMkIqc2LZHy/ccCgYBlGKwmO4VkapcrQcuwwm7j
+q2X+EFYEhgZR5t9gv6lEGxi3he/RLOhFk8Sou0TDOj2PCLx0lY/AxzWGjmkgFaJh
++fTST4n+YUQdWi7g6yZw9usJHjF17Pw7Q9WKlpPTaE0zvqux/ZsAWpzv8L7YUbPq
+ACxPV9VLn6WT+BB807HJEg==
+-----END PRIVATE KEY-----
+"""
+
+
+def _load_rsa(pem: str) -> RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
+    assert isinstance(key, RSAPrivateKey) and key.key_size == 2048
+    return key
+
+
+RSA_A = _load_rsa(RSA_A_PEM)
+RSA_B = _load_rsa(RSA_B_PEM)
+RSA_KEYS: dict[str, tuple[RSAPrivateKey, str]] = {"rsa_a": (RSA_A, RSA_A_PEM), "rsa_b": (RSA_B, RSA_B_PEM)}
+
+# Precomputed RSA-OAEP bodies: (RSA key name, plaintext hex) -> body hex. Each is decrypted
+# with the key before use; see --print-missing-rsa-bodies.
+RSA_OAEP_BODIES: dict[tuple[str, str], str] = {
+    ("rsa_a", "7a5a1a44985c692ec8b5d45a0f98924e1724c7fbd42979fde6f8fe6d04bb3079"): (
+        "3b6d60509bb0a8d5bef63ebe087b8d5836561091959a0af8144f6b7e56207d79d5dfc7dfcc90e1030fa831bdd3e5457b"
+        "0e437ff1e0e78958c8aa40d576a3c4eeb58eeec03a46fa6d33b2d95a37fb996121f546ec2d5ad450dc21f7cd9d1afa1e"
+        "1aa6ce004386e2a6b2581e5b73625bd8d7cef70b5f16801cb35c7e8d20878049d4be31e2f663a3f5917fcebe7214f07d"
+        "011787b9e123acaaf016b75dd1c0a67855ddbc258e33960770fcacdf44ee2f2e7d66ec1d2cc41cd42144afae07e8f5c6"
+        "20df5b1fc1670a825701083e7741f1d9c74a1776604037afca88409cfac15b7450e5244bb2da419694334c6926f97141"
+        "842f5d1888829f5ed3b565e9a6ca6199"
+    ),
+    ("rsa_a", "8dffeb785b999cde164e0ed825f29672d1a608e26abbb622e1546557b872b479"): (
+        "15efd263c85ab061ebb3eb3e51e7876ca9cf5ad3143fb6e415c9535cd9ef8d6f720706621f9e57336d93314f855105a6"
+        "763f5c9e0f8b61513f181d71044996b0bb098cfd3e56f6ef46be6c210b8d5f9e3918d1a3780ff031ce818245f45393ac"
+        "a687aeffc86e4d9e7b6b7aafa33345e6a7da5b7094dcfb61505e2e89816caae931d677d4152dd4e5c72c0f722499a2bf"
+        "4dc520cf59f4930d0335978a38b2bbbd09ece034a800ffd7ee3f9f721f5c3604028dc57ff000631c22f2453e42789ed6"
+        "da78923bef6b2a00e9840f5b213df8d915dae0ce8dbedf5983ac2ebce32eebf807a2972f67aa8ebb89ef5395f1a92e70"
+        "0ed8ad05ad5d80444c983b870436b623"
+    ),
+    ("rsa_a", "5dd0e8c9b040711b391fba89658630b8"): (
+        "5792e830c2e41abb4600d37a018dde60be59939f49ca3725d801aa5104f67331431d6b531936e5ef53d8170ebf913489"
+        "5d9f6ee805f7b27f6202501ec59b01389458d81dd9fc4f656708910f0b9a0edb75d48c53a0d1fe056773843caee03463"
+        "645cac6db04a0fb1c1148611864d087ebc7254220bc8dd9fa9a72e2407c1e2247e2484731799e8b1a1a5bb7e8d9ee020"
+        "2179a137cbb222ca166f5ad9bb077672e6bfa68971623ffd4651cd6a779ec05f875d9959ffb4ef0edf1c71898aead63c"
+        "41f4f95d90987edf84f3046e23a32cc646e40e87c39da25cf08e52ad47f1799fe181a9e10475927128ddaac09cc18f4d"
+        "866aea47224cd9648919be77fa9839f4"
+    ),
+    ("rsa_a", "89b48576011f14f09665a2849c39aac14e7bb9962c2f43f1bb1112416ad417ea"): (
+        "18472acf1fb7b7c705b720202d1c82d8405164041bdaa8df745e0867d08d5fe4a1073d461482f3dcbe178a9d41afb3ba"
+        "95eaf26066b6704aa296b176c4c9c032817195b5e40647eafd4a6d8ff307c43590d237bc78925589cb7fd76b9a035691"
+        "7f91328c9709a0777cb8f77b361f8607c551caff9415b2be0c9de8c2d09fe05516bc4a607981de614f5f50180052d15b"
+        "78cf7dd3f479d4c3b32e5c0251d09f7b1e7186d7d0f565f1c6ca183224f9feb44e73c170fcb9afa5e9d90a4175fa795a"
+        "3b39dc654179f26344394e2c007afb3a4dbc22fc33cbe0e961805f6a49cabd19908a124b3b8d69f0ee46694d971efa46"
+        "0c137711670d78cc3f27dadce71f081b"
+    ),
+    ("rsa_a", "9443df283931e441e7b4262037770bf7929968efc44080bc1c7380836c750937"): (
+        "a10a94bf4a8c6f602b21c4558e1609905119dc2183ca683fa48b32f6c951b5ec9e367eacb3204b196aa30c6c2483e2e9"
+        "625a4ae5abd2595919e4177963affeebf3d4bf219ca3f6358e92634c597ee6d48e8e75a98f9af16aa5a5cf1ea05df6b2"
+        "65d62bdea69295fa65befad61edf235af2f47b071e1c701ca7015a89617332bbb6798be638ffc874eacb5fd1e73d8d1b"
+        "8f29cabcc203a40ebe9e18012af1faf0bb1395b6474ad289d6e4ada661038e9c0b6e78e61e4f2d011dcac58c3caa4611"
+        "9a90492f5d359bc9936566c96c95e01ec4ceccd8379ac9985210477cb9f8b982bcd9b9757c349f003f0cf1e79fb4a954"
+        "92a4cb59924fcf7ae831431531f7096a"
+    ),
+    ("rsa_a", "9e600b5b2311221a7e4d7dc50de975def98bf61e9df825263221b4af1e54f4ba"): (
+        "195e27674c3826697ee60c617fad3c46eb47dd8c7d297c4b6410ed222f304acbdf6403163fe8920c1c570c5f36ee4e68"
+        "4317673e52b57814f8b215f216355d2c10058025f31c87c52074783989cc8d8906fb7ba0ba9592ada4a1f5e224bed01c"
+        "867020f624bb88ef734378dc6f362f136c6010f1728df2d80dd98b0a947d3f4f3e61125d3264840499d59bd47abffd31"
+        "be7e1c9b01681ce3dad28f47002dc59da61e44ba0369592c3367d5aea96c00860c5de6e71844671e6eb63d55dfe73d14"
+        "feb4e2c4bc5aa2e4860a41c5a35400984ae695fd049c0cc11e98267e57b079212647232daf6ac6b1f05821e923d8a379"
+        "33b4d0c18b5033883bc9f618c18ca648"
+    ),
+}
 
 EXPECT_CLASSES = {
     ref.FormatFailure: "format failure",
@@ -71,6 +216,35 @@ class CounterRandom:
 def fill(label: str, n: int) -> bytes:
     """n pseudo-random bytes, a function of the label only."""
     return CounterRandom("data/" + label)(n)
+
+
+# --- Fixed RSA-OAEP bodies ------------------------------------------------------------------
+
+
+def _rsa_name(key: RSAPublicKey) -> str:
+    for name, (private, _) in RSA_KEYS.items():
+        if private.public_key().public_numbers() == key.public_numbers():
+            return name
+    raise KeyError("not a test RSA key")
+
+
+# When not None, missing bodies are made with fresh randomness and collected here.
+_MISSING_RSA_BODIES: dict[tuple[str, str], str] | None = None
+
+
+def precomputed_oaep(recipient: RSAPublicKey, plaintext: bytes) -> bytes:
+    """ref.OaepEncrypt from RSA_OAEP_BODIES, checked by decrypting with the test key."""
+    name = _rsa_name(recipient)
+    entry = (name, plaintext.hex())
+    if entry in RSA_OAEP_BODIES:
+        body = bytes.fromhex(RSA_OAEP_BODIES[entry])
+    elif _MISSING_RSA_BODIES is not None:
+        body = ref.oaep_encrypt_randomized(recipient, plaintext)
+        _MISSING_RSA_BODIES[entry] = body.hex()
+    else:
+        raise KeyError(f"no RSA-OAEP body for {entry}: run generate.py --print-missing-rsa-bodies")
+    assert RSA_KEYS[name][0].decrypt(body, ref.oaep_padding()) == plaintext, entry
+    return body
 
 
 FLOATS = [0.0, -0.0, 1.0, -2.5, 0.1, 3.140625, 1e-3, float("inf"), float("nan"), -7.75]
@@ -110,8 +284,15 @@ class Vector:
     file: bytes
     key: bytes | None = KEY_A
     passphrase: str | None = None
+    identity: ref.Identity | None = None
+    verify_key: Ed25519PublicKey | None = None
     tensors: list[ref.TensorSpec] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The package API takes a raw key or an identity in the same argument.
+        if self.identity is not None:
+            self.key = None
 
 
 VECTORS: dict[str, Callable[[], Vector]] = {}
@@ -132,6 +313,7 @@ def make(
     *,
     keys: tuple[bytes, ...] = (KEY_A,),
     passphrase: str | None = None,
+    recipients: tuple[ref.Recipient, ...] = (),
     chunk_size: int = CHUNK,
 ) -> ref.Draft:
     """A canonical draft whose randomness is a function of the label."""
@@ -141,14 +323,25 @@ def make(
         chunk_size=chunk_size,
         keys=() if passphrase is not None else keys,
         passphrase=passphrase,
+        recipients=recipients,
         log_n=LOG_N,
         rng=CounterRandom(label),
+        oaep_encrypt=precomputed_oaep,
     )
 
 
+def compact_area_len(d: ref.Draft, signed: bool = False, room: int = 16) -> int:
+    """A small stanza_area_len (keeps the vectors small): the stanzas plus at least ``room``
+    spaces, rounded so that the header starts at a multiple of 64."""
+    content = len(ref.stanza_area_json(d.stanzas, bytes(ref.SIGNATURE_LEN) if signed else None))
+    return ref.align(ref.PREAMBLE_LEN + content + room, 64) - ref.PREAMBLE_LEN
+
+
 def finish(d: ref.Draft, **kwargs: Any) -> bytes:
-    """ref.finish with 64-byte data alignment by default (keeps the vectors small)."""
+    """ref.finish with 64-byte data alignment and a compact stanza area by default."""
     kwargs.setdefault("data_align", 64)
+    if "stanza_area_len" not in kwargs:
+        kwargs["stanza_area_len"] = compact_area_len(d, kwargs.get("sign_with") is not None)
     return ref.finish(d, **kwargs)
 
 
@@ -177,12 +370,17 @@ def flip(data: bytes, offset: int, mask: int = 0x01) -> bytes:
 class Layout:
     """Positions in a finished file, read from its preamble."""
 
+    stanza_area_len: int
     header_len: int
     data_offset: int
 
     @property
+    def header_start(self) -> int:
+        return ref.PREAMBLE_LEN + self.stanza_area_len
+
+    @property
     def mac_start(self) -> int:
-        return ref.PREAMBLE_LEN + self.header_len
+        return self.header_start + self.header_len
 
     @property
     def tags_start(self) -> int:
@@ -190,8 +388,45 @@ class Layout:
 
 
 def layout(data: bytes) -> Layout:
-    header_len, data_offset = struct.unpack_from("<IQ", data, 12)
-    return Layout(header_len, data_offset)
+    stanza_area_len, header_len, _reserved, data_offset = struct.unpack_from("<IIIQ", data, 12)
+    return Layout(stanza_area_len, header_len, data_offset)
+
+
+def tags_end_of(d: ref.Draft, header: bytes, signed: bool = False) -> int:
+    """tags_end of the file finish(d, header_bytes=header) would write."""
+    return ref.PREAMBLE_LEN + compact_area_len(d, signed) + len(header) + ref.MAC_LEN + len(d.tag_table)
+
+
+# --- Editing the stanza area of a finished file (it is covered by neither MAC nor signature) --
+
+
+def area_of(data: bytes) -> bytes:
+    lay = layout(data)
+    return data[ref.PREAMBLE_LEN : lay.header_start]
+
+
+def with_area(data: bytes, area: bytes) -> bytes:
+    """The file with its stanza area replaced by ``area`` of the same length."""
+    lay = layout(data)
+    assert len(area) == lay.stanza_area_len, (len(area), lay.stanza_area_len)
+    return data[: ref.PREAMBLE_LEN] + area + data[lay.header_start :]
+
+
+def edit_area(data: bytes, edit: Callable[[str], str]) -> bytes:
+    """The file with its stanza area JSON text edited and re-padded with spaces in place."""
+    area = area_of(data)
+    text = edit(area.decode("utf-8").rstrip(" ")).encode("utf-8")
+    assert len(text) <= len(area), "edit does not fit in the stanza area: give more room"
+    return with_area(data, text.ljust(len(area), b" "))
+
+
+def replace_in_area(data: bytes, old: str, new: str) -> bytes:
+    return edit_area(data, lambda text: replace_once(text, old, new))
+
+
+def area_json(data: bytes) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(area_of(data))
+    return value
 
 
 def stored(d: ref.Draft, i: int) -> bytes:
@@ -475,12 +710,12 @@ def stanza_unknown_type_ignored() -> Vector:
     tensors = small()
     d = make("stanza_unknown_type_ignored", tensors, SMALL_META)
     unknown = {
-        "type": "x25519",
+        "type": "future-kem",
         "share": fill("x25519", 32).hex(),
         "body": fill("x25519body", 48).hex(),
         "epoch": 2**53 - 1,
     }
-    d.header["stanzas"].insert(0, unknown)
+    d.stanzas.insert(0, unknown)
     return ok(
         "An unknown stanza type (before the key stanza) is ignored; its integer member is "
         "2^53 - 1, the largest allowed.",
@@ -499,7 +734,7 @@ def stanza_unknown_at_limits() -> Vector:
         unknown[f"m{i:02d}"] = i
     unknown["long"] = "a" * 16384
     assert len(unknown) == 16
-    d.header["stanzas"].append(unknown)
+    d.stanzas.append(unknown)
     return ok("An unknown stanza with exactly 16 members and a 16,384-byte string.", d, tensors, SMALL_META)
 
 
@@ -596,7 +831,7 @@ def name_max_length() -> Vector:
 def _spaces_to_align_tags_end(d: ref.Draft) -> bytes:
     """The header padded with spaces so that tags_end is a multiple of 64."""
     text = header_text(d).encode()
-    fixed = ref.PREAMBLE_LEN + ref.MAC_LEN + len(d.tag_table)
+    fixed = ref.PREAMBLE_LEN + compact_area_len(d) + ref.MAC_LEN + len(d.tag_table)
     return text + b" " * (-(fixed + len(text)) % 64)
 
 
@@ -605,7 +840,7 @@ def layout_data_offset_minimal() -> Vector:
     tensors = small()
     d = make("layout_data_offset_minimal", tensors, SMALL_META)
     header = _spaces_to_align_tags_end(d)
-    tags_end = ref.PREAMBLE_LEN + len(header) + ref.MAC_LEN + len(d.tag_table)
+    tags_end = tags_end_of(d, header)
     return ok(
         "data_offset equals tags_end (no padding before the data).",
         finish(d, header_bytes=header, data_offset=tags_end),
@@ -618,7 +853,7 @@ def layout_data_offset_minimal() -> Vector:
 def layout_data_offset_slack() -> Vector:
     tensors = small()
     d = make("layout_data_offset_slack", tensors, SMALL_META)
-    tags_end = ref.PREAMBLE_LEN + len(header_text(d).encode()) + ref.MAC_LEN + len(d.tag_table)
+    tags_end = tags_end_of(d, header_text(d).encode())
     data_offset = ref.align(tags_end, 64) + 64 * 100
     return ok(
         "data_offset a multiple of 64 but not of 4096, with 6400+ bytes of zero slack.",
@@ -664,20 +899,21 @@ def passphrase_for_key_file() -> Vector:
 @vector
 def key_only_unknown_stanzas() -> Vector:
     d = make("key_only_unknown_stanzas", small(), SMALL_META)
-    d.header["stanzas"] = [{"type": "x25519", "share": fill("share", 32).hex()}]
+    d.stanzas = [{"type": "future-kem", "share": fill("share", 32).hex()}]
     return fail("no match", "The only stanza is of an unknown type.", finish(d))
 
 
 @vector
 def stanza_body_tampered() -> Vector:
     d = make("stanza_body_tampered", small(), SMALL_META)
-    body = d.header["stanzas"][0]["body"]
-    d.header["stanzas"][0]["body"] = ("1" if body[0] == "0" else "0") + body[1:]
+    data = finish(d)
+    body = d.stanzas[0]["body"]
+    flipped = ("1" if body[0] == "0" else "0") + body[1:]
     return fail(
         "no match",
-        "The stanza body is altered (MAC recomputed): it no longer opens, which is "
-        "reported before any MAC check.",
-        finish(d),
+        "One bit of the key stanza body flipped in the stored stanza area: it no longer "
+        "opens, which is reported before any MAC check.",
+        replace_in_area(data, body, flipped),
     )
 
 
@@ -762,16 +998,18 @@ def preamble_data_offset_shifted() -> Vector:
     data = finish(d)
     lay = layout(data)
     shifted = (
-        data[:16]
+        data[:24]
         + struct.pack("<Q", lay.data_offset + 64)
-        + data[24 : lay.data_offset]
+        + data[32 : lay.data_offset]
         + bytes(64)
         + data[lay.data_offset :]
     )
-    return fail(
-        "header failure",
-        "data_offset moved by 64 with 64 more zero bytes: a valid layout, but the MAC covers the preamble.",
+    return ok(
+        "data_offset moved by 64 with 64 more zero bytes: a valid layout; the preamble is not "
+        "under the MAC, and moving the data section as a whole changes no byte a reader releases.",
         shifted,
+        small(),
+        SMALL_META,
     )
 
 
@@ -807,7 +1045,7 @@ def stanza_transplanted() -> Vector:
     d = make("stanza_transplanted", small(), SMALL_META)
     rng = CounterRandom("stanza_transplanted/other")
     other_file_key = rng(32)
-    d.header["stanzas"] = [ref.key_stanza(other_file_key, KEY_A, rng(16))]
+    d.stanzas = [ref.key_stanza(other_file_key, KEY_A, rng(16))]
     return fail(
         "header failure",
         "The stanza opens with the key but wraps another file key: the MAC, "
@@ -821,7 +1059,7 @@ def stanza_first_opening_wraps_other_key() -> Vector:
     d = make("stanza_first_opening_wraps_other_key", small(), SMALL_META)
     rng = CounterRandom("stanza_first_opening_wraps_other_key/other")
     decoy = ref.key_stanza(rng(32), KEY_A, rng(16))
-    d.header["stanzas"].insert(0, decoy)
+    d.stanzas.insert(0, decoy)
     return fail(
         "header failure",
         "Two stanzas open with the key; the first wraps another file key, the second the real "
@@ -1024,7 +1262,7 @@ def preamble_empty_file() -> Vector:
 @vector
 def preamble_truncated() -> Vector:
     d = make("preamble_truncated", small(), SMALL_META)
-    return fail("format failure", "Only the first 23 bytes of a file.", finish(d)[:23])
+    return fail("format failure", "Only the first 31 bytes of a file.", finish(d)[:31])
 
 
 @vector
@@ -1089,14 +1327,14 @@ def preamble_header_len_past_end() -> Vector:
     return fail(
         "format failure",
         "header_len within bounds but larger than the rest of the file.",
-        finish(d, header_len=len(data) - ref.PREAMBLE_LEN + 1),
+        finish(d, header_len=len(data) - layout(data).header_start + 1),
     )
 
 
 @vector
 def preamble_data_offset_unaligned() -> Vector:
     d = make("preamble_data_offset_unaligned", small(), SMALL_META)
-    tags_end = ref.PREAMBLE_LEN + len(header_text(d).encode()) + ref.MAC_LEN + len(d.tag_table)
+    tags_end = tags_end_of(d, header_text(d).encode())
     return fail(
         "format failure",
         "data_offset is not a multiple of 64 (layout otherwise consistent, MAC valid).",
@@ -1211,11 +1449,11 @@ def json_duplicate_key_tensor() -> Vector:
 
 @vector
 def json_duplicate_key_stanza() -> Vector:
-    return _json_fail(
-        "json_duplicate_key_stanza",
-        "Member 'type' twice in a stanza",
-        '{"type":"key"',
-        '{"type":"key","type":"key"',
+    d = make("json_duplicate_key_stanza", small(), SMALL_META)
+    return fail(
+        "format failure",
+        "Member 'type' twice in a stanza (the stanza area follows the header's JSON rules)",
+        replace_in_area(finish(d), '{"type":"key"', '{"type":"key","type":"key"'),
     )
 
 
@@ -1254,10 +1492,10 @@ def json_leading_zero() -> Vector:
 @vector
 def json_integer_too_large() -> Vector:
     d = make("json_integer_too_large", small(), SMALL_META)
-    d.header["stanzas"].append({"type": "future", "n": 2**53})
+    d.stanzas.append({"type": "future", "n": 2**53})
     return fail(
         "format failure",
-        "2^53 as a member of an unknown stanza: integer limits apply everywhere (MAC valid)",
+        "2^53 as a member of an unknown stanza: integer limits apply in the stanza area too",
         finish(d),
     )
 
@@ -1362,10 +1600,14 @@ def header_chunk_size_too_large() -> Vector:
 
 
 @vector
-def header_stanzas_empty() -> Vector:
-    d = make("header_stanzas_empty", small(), SMALL_META)
-    d.header["stanzas"] = []
-    return fail("format failure", "An empty stanzas array (MAC valid)", finish(d))
+def header_stanzas_member() -> Vector:
+    d = make("header_stanzas_member", small(), SMALL_META)
+    d.header = {"cipher": "AES-256-GCM", "chunk_size": CHUNK, "stanzas": d.stanzas, **d.header}
+    return fail(
+        "format failure",
+        "The header also has a 'stanzas' member (the stanzas live in the stanza area only; MAC valid)",
+        finish(d),
+    )
 
 
 @vector
@@ -1622,7 +1864,7 @@ def layout_no_tensors_trailing_bytes() -> Vector:
 def layout_data_offset_before_tags_end() -> Vector:
     d = make("layout_data_offset_before_tags_end", small(), SMALL_META)
     header = _spaces_to_align_tags_end(d)
-    tags_end = ref.PREAMBLE_LEN + len(header) + ref.MAC_LEN + len(d.tag_table)
+    tags_end = tags_end_of(d, header)
     data = finish(d, header_bytes=header, data_offset=tags_end - 64)
     return fail(
         "format failure", "data_offset 64 bytes before tags_end (data stored at tags_end, MAC valid)", data
@@ -1647,9 +1889,9 @@ def _stanza_fail(
     label: str, comment: str, edit: Callable[[list[dict[str, Any]]], None], passphrase: str | None = None
 ) -> Vector:
     d = make(label, small(), SMALL_META, passphrase=passphrase)
-    edit(d.header["stanzas"])
+    edit(d.stanzas)
     key = None if passphrase else KEY_A
-    return fail("format failure", comment + " (MAC valid)", finish(d), key=key, passphrase=passphrase)
+    return fail("format failure", comment, finish(d), key=key, passphrase=passphrase)
 
 
 def _set(member: str, value: Any) -> Callable[[list[dict[str, Any]]], None]:
@@ -1703,7 +1945,7 @@ def stanza_scrypt_beside_unknown() -> Vector:
     return _stanza_fail(
         "stanza_scrypt_beside_unknown",
         "An scrypt stanza and a stanza of unknown type",
-        _append({"type": "x25519", "share": "00" * 32}),
+        _append({"type": "future-kem", "share": "00" * 32}),
         PASSPHRASE,
     )
 
@@ -1822,12 +2064,1046 @@ def stanza_too_many() -> Vector:
     return _stanza_fail("stanza_too_many", "257 stanzas", edit)
 
 
+# ---- stanza area ----
+
+
+@vector
+def stanza_area_default_page() -> Vector:
+    tensors = small()
+    data = ref.write(
+        tensors, metadata=SMALL_META, chunk_size=CHUNK, keys=[KEY_A], rng=CounterRandom("stanza_area_default")
+    )
+    lay = layout(data)
+    assert lay.stanza_area_len == 4096 - 32 and lay.data_offset % 4096 == 0
+    return ok(
+        "The writer's defaults: stanza_area_len 4064, so that the preamble and the stanza area fill "
+        "the first 4096-byte page, and data_offset a multiple of 4096.",
+        data,
+        tensors,
+        SMALL_META,
+    )
+
+
+@vector
+def stanza_area_exact_fit() -> Vector:
+    tensors = small()
+    d = make("stanza_area_exact_fit", tensors, SMALL_META, keys=(KEY_B, KEY_A))
+    content = len(ref.stanza_area_json(d.stanzas, None))
+    return ok(
+        "The stanza area JSON fills the area exactly (no padding spaces; the header does not start "
+        "at a multiple of 64).",
+        finish(d, stanza_area_len=content),
+        tensors,
+        SMALL_META,
+    )
+
+
+@vector
+def stanza_area_whitespace() -> Vector:
+    tensors = small()
+    d = make("stanza_area_whitespace", tensors, SMALL_META)
+    data = finish(d, stanza_area_len=compact_area_len(d, room=200))
+    text = json.dumps({"stanzas": d.stanzas}, indent="\t", separators=(" ,\r\n", " : "))
+    return ok(
+        "The stanza area rewritten after the MAC with JSON whitespace (tab, CR, LF, space) between "
+        "tokens: allowed, and the stanza area is not covered by the MAC.",
+        edit_area(data, lambda _: text),
+        tensors,
+        SMALL_META,
+    )
+
+
+def _area_fail(label: str, comment: str, edit: Callable[[bytes], bytes], **kwargs: Any) -> Vector:
+    """The small file with its stanza area bytes edited (same length)."""
+    d = make(label, small(), SMALL_META)
+    data = finish(d, stanza_area_len=compact_area_len(d, room=64))
+    return fail("format failure", comment, with_area(data, edit(area_of(data))), **kwargs)
+
+
+def _repad(edit: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """An edit of the area's JSON text (without its padding), re-padded with spaces."""
+
+    def apply(area: bytes) -> bytes:
+        text = edit(area.rstrip(b" "))
+        assert len(text) <= len(area)
+        return text.ljust(len(area), b" ")
+
+    return apply
+
+
+@vector
+def stanza_area_zero_padded() -> Vector:
+    return _area_fail(
+        "stanza_area_zero_padded",
+        "The stanza area padded with NUL bytes instead of spaces",
+        lambda area: area.rstrip(b" ").ljust(len(area), b"\x00"),
+    )
+
+
+@vector
+def stanza_area_trailing_newline() -> Vector:
+    return _area_fail(
+        "stanza_area_trailing_newline",
+        "A LF after the stanza area object, then spaces",
+        _repad(lambda text: text + b"\n"),
+    )
+
+
+@vector
+def stanza_area_trailing_garbage() -> Vector:
+    return _area_fail(
+        "stanza_area_trailing_garbage",
+        "The last byte of the stanza area is 'x' (the rest of the padding is spaces)",
+        lambda area: area[:-1] + b"x",
+    )
+
+
+@vector
+def stanza_area_trailing_object() -> Vector:
+    return _area_fail(
+        "stanza_area_trailing_object",
+        "A second object after the stanza area object",
+        _repad(lambda text: text + b" {}"),
+    )
+
+
+@vector
+def stanza_area_leading_space() -> Vector:
+    return _area_fail(
+        "stanza_area_leading_space",
+        "A space before the stanza area object (its first byte must be '{')",
+        _repad(lambda text: b" " + text),
+    )
+
+
+@vector
+def stanza_area_bom() -> Vector:
+    return _area_fail(
+        "stanza_area_bom",
+        "The stanza area starts with a UTF-8 byte order mark",
+        _repad(lambda text: b"\xef\xbb\xbf" + text),
+    )
+
+
+@vector
+def stanza_area_blank() -> Vector:
+    return _area_fail("stanza_area_blank", "The stanza area is all spaces", lambda area: b" " * len(area))
+
+
+@vector
+def stanza_area_unterminated() -> Vector:
+    return _area_fail(
+        "stanza_area_unterminated",
+        "The closing brace of the stanza area object replaced by a space",
+        _repad(lambda text: text[:-1]),
+    )
+
+
+@vector
+def stanza_area_not_object() -> Vector:
+    return _area_fail(
+        "stanza_area_not_object", "The stanza area is a JSON array", _repad(lambda text: b"[" + text + b"]")
+    )
+
+
+@vector
+def stanza_area_unknown_member() -> Vector:
+    return _area_fail(
+        "stanza_area_unknown_member",
+        "The stanza area object has an extra member 'version'",
+        _repad(lambda text: text[:-1] + b',"version":1}'),
+    )
+
+
+@vector
+def stanza_area_missing_stanzas() -> Vector:
+    return _area_fail(
+        "stanza_area_missing_stanzas",
+        "The stanza array is named 'recipients' instead of 'stanzas'",
+        _repad(lambda text: text.replace(b'{"stanzas":', b'{"recipients":')),
+    )
+
+
+@vector
+def stanza_area_stanzas_empty() -> Vector:
+    return _area_fail(
+        "stanza_area_stanzas_empty", "An empty stanzas array", _repad(lambda _: b'{"stanzas":[]}')
+    )
+
+
+@vector
+def stanza_area_stanzas_not_array() -> Vector:
+    return _area_fail(
+        "stanza_area_stanzas_not_array",
+        "stanzas is a single stanza object, not an array",
+        _repad(lambda text: text.replace(b'{"stanzas":[', b'{"stanzas":').replace(b"}]}", b"}}")),
+    )
+
+
+@vector
+def stanza_area_invalid_utf8() -> Vector:
+    return _area_fail(
+        "stanza_area_invalid_utf8",
+        "Byte 0xFF inside a string of an unknown stanza",
+        _repad(lambda text: text[:-2] + b',{"type":"future","note":"p\xff"}]}'),
+    )
+
+
+@vector
+def stanza_area_lone_surrogate() -> Vector:
+    return _area_fail(
+        "stanza_area_lone_surrogate",
+        "A lone surrogate escape \\ud800 in a string of an unknown stanza",
+        _repad(lambda text: text[:-2] + b',{"type":"future","note":"p\\ud800"}]}'),
+    )
+
+
+@vector
+def stanza_area_float_number() -> Vector:
+    return _area_fail(
+        "stanza_area_float_number",
+        "An unknown stanza with the number 1.5",
+        _repad(lambda text: text[:-2] + b',{"type":"future","n":1.5}]}'),
+    )
+
+
+@vector
+def stanza_area_negative_number() -> Vector:
+    return _area_fail(
+        "stanza_area_negative_number",
+        "An unknown stanza with the integer -1",
+        _repad(lambda text: text[:-2] + b',{"type":"future","n":-1}]}'),
+    )
+
+
+@vector
+def stanza_area_grown() -> Vector:
+    d = make("stanza_area_grown", small(), SMALL_META)
+    data = finish(d)
+    lay = layout(data)
+    grown = (
+        data[:12]
+        + ref.u32le(lay.stanza_area_len + 64)
+        + data[16:24]
+        + ref.u64le(lay.data_offset + 64)
+        + area_of(data)
+        + b" " * 64
+        + data[lay.header_start :]
+    )
+    return ok(
+        "The stanza area grown by 64 spaces (stanza_area_len and data_offset updated, layout "
+        "valid) with the old MAC: the MAC covers only the header and tag table, so a re-key "
+        "that enlarges the stanza area keeps the MAC (and any signature) valid.",
+        grown,
+        small(),
+        SMALL_META,
+    )
+
+
+@vector
+def stanza_type_renamed() -> Vector:
+    d = make("stanza_type_renamed", small(), SMALL_META)
+    return fail(
+        "no match",
+        "The only stanza's type renamed 'key' -> 'kez' in the stored stanza area: an unknown "
+        "type, ignored, so nothing opens.",
+        replace_in_area(finish(d), '"type":"key"', '"type":"kez"'),
+    )
+
+
+# ---- format failure: preamble (stanza area and reserved fields) ----
+
+
+@vector
+def preamble_reserved_nonzero() -> Vector:
+    d = make("preamble_reserved_nonzero", small(), SMALL_META)
+    return fail("format failure", "reserved field 1 (MAC valid).", finish(d, reserved=1))
+
+
+@vector
+def preamble_reserved_high_byte() -> Vector:
+    d = make("preamble_reserved_high_byte", small(), SMALL_META)
+    return fail("format failure", "reserved field 0x80000000 (MAC valid).", finish(d, reserved=0x80000000))
+
+
+@vector
+def preamble_stanza_area_len_zero() -> Vector:
+    d = make("preamble_stanza_area_len_zero", small(), SMALL_META)
+    return fail("format failure", "stanza_area_len 0.", finish(d, stanza_area_len_field=0))
+
+
+@vector
+def preamble_stanza_area_len_too_small() -> Vector:
+    d = make("preamble_stanza_area_len_too_small", small(), SMALL_META)
+    return fail("format failure", "stanza_area_len 15 (minimum is 16).", finish(d, stanza_area_len_field=15))
+
+
+@vector
+def preamble_stanza_area_len_too_large() -> Vector:
+    d = make("preamble_stanza_area_len_too_large", small(), SMALL_META)
+    return fail(
+        "format failure",
+        "stanza_area_len 1,048,577 (1 MiB + 1); must be rejected before reading.",
+        finish(d, stanza_area_len_field=1_048_577),
+    )
+
+
+@vector
+def preamble_stanza_area_len_huge() -> Vector:
+    d = make("preamble_stanza_area_len_huge", small(), SMALL_META)
+    return fail("format failure", "stanza_area_len 0xFFFFFFFF.", finish(d, stanza_area_len_field=0xFFFFFFFF))
+
+
+@vector
+def preamble_stanza_area_len_past_end() -> Vector:
+    d = make("preamble_stanza_area_len_past_end", small(), SMALL_META)
+    data = finish(d)
+    return fail(
+        "format failure",
+        "stanza_area_len within bounds but larger than the rest of the file.",
+        finish(d, stanza_area_len_field=len(data)),
+    )
+
+
+@vector
+def preamble_truncated_in_stanza_area() -> Vector:
+    d = make("preamble_truncated_in_stanza_area", small(), SMALL_META)
+    return fail("format failure", "The file cut inside the stanza area.", finish(d)[:100])
+
+
+# ---- re-keying ----
+
+
+def _rekeyed() -> bytes:
+    d = make("rekey", small(), SMALL_META)
+    data = finish(d)
+    new = ref.rekey(data, key=KEY_A, new_keys=[KEY_B], rng=CounterRandom("rekey/new"))
+    lay = layout(data)
+    assert len(new) == len(data) and new[: ref.PREAMBLE_LEN] == data[: ref.PREAMBLE_LEN]
+    assert new[lay.header_start :] == data[lay.header_start :] and new != data
+    return new
+
+
+@vector
+def rekey_new_key() -> Vector:
+    return ok(
+        "A file re-keyed in place: its stanza area replaced by one key stanza for the new key, "
+        "wrapping the same file key, padded to the same stanza_area_len; nothing else changed. "
+        "It opens with the new key.",
+        _rekeyed(),
+        small(),
+        SMALL_META,
+        key=KEY_B,
+    )
+
+
+@vector
+def rekey_old_key() -> Vector:
+    return fail(
+        "no match",
+        "The re-keyed file of rekey_new_key read with the old key: its stanza is gone.",
+        _rekeyed(),
+        key=KEY_A,
+    )
+
+
+@vector
+def rekey_signed_to_x25519() -> Vector:
+    d = make("rekey_signed_to_x25519", small(), SMALL_META)
+    data = finish(d, sign_with=PUBLISHER_A, stanza_area_len=compact_area_len(d, True, room=64))
+    new = ref.rekey(
+        data, key=KEY_A, new_recipients=[X25519_A.public_key()], rng=CounterRandom("rekey_signed/new")
+    )
+    assert area_json(new)["signature"] == area_json(data)["signature"]
+    return ok(
+        "A signed file re-keyed in place from a key stanza to an x25519 recipient, the signature "
+        "member kept: it opens with the identity and the signature still verifies.",
+        new,
+        small(),
+        SMALL_META,
+        identity=X25519_A,
+        verify_key=PUBLISHER_A.public_key(),
+    )
+
+
+# ---- x25519 ----
+
+
+def _x25519_draft(label: str, *recipients: X25519PrivateKey) -> ref.Draft:
+    return make(label, small(), SMALL_META, keys=(), recipients=tuple(r.public_key() for r in recipients))
+
+
+def _low_order_stanza(file_key: bytes, share: bytes, identity: X25519PrivateKey) -> dict[str, Any]:
+    """An x25519 stanza with a low-order share whose body opens if a reader skips the all-zero
+    check: wrap key = HKDF(32 zero bytes, share || R, info)."""
+    recipient = identity.public_key().public_bytes_raw()
+    wrap_key = ref.hkdf(bytes(32), share + recipient, ref.X25519_INFO)
+    body = AESGCM(wrap_key).encrypt(ref.WRAP_NONCE, file_key, b"")
+    return {"type": "x25519", "share": share.hex(), "body": body.hex()}
+
+
+# A point of order 8 on Curve25519: X25519 of it with any scalar is 32 zero bytes.
+ORDER_8_POINT = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+
+
+@vector
+def x25519_second_of_two() -> Vector:
+    d = _x25519_draft("x25519_second_of_two", X25519_B, X25519_A)
+    return ok(
+        "Two x25519 stanzas; the reader's identity is the second recipient.",
+        d,
+        small(),
+        SMALL_META,
+        identity=X25519_A,
+    )
+
+
+@vector
+def x25519_wrong_identity() -> Vector:
+    d = _x25519_draft("x25519_wrong_identity", X25519_B, X25519_A)
+    return fail("no match", "The reader's identity is neither recipient.", finish(d), identity=X25519_WRONG)
+
+
+@vector
+def x25519_low_order_share_zero() -> Vector:
+    d = _x25519_draft("x25519_low_order_share_zero", X25519_A)
+    d.stanzas = [_low_order_stanza(d.file_key, bytes(32), X25519_A)]
+    return fail(
+        "no match",
+        "share is 32 zero bytes, so the shared secret is all zero; the body wraps the real file key "
+        "under HKDF(zero secret, share || R): a reader must not open it.",
+        finish(d),
+        identity=X25519_A,
+    )
+
+
+@vector
+def x25519_low_order_share_order_8() -> Vector:
+    d = _x25519_draft("x25519_low_order_share_order_8", X25519_A)
+    d.stanzas = [_low_order_stanza(d.file_key, ORDER_8_POINT, X25519_A)]
+    return fail(
+        "no match",
+        "share is a point of order 8, so the shared secret is all zero; the body wraps the real "
+        "file key under HKDF(zero secret, share || R): a reader must not open it.",
+        finish(d),
+        identity=X25519_A,
+    )
+
+
+@vector
+def x25519_low_order_then_valid() -> Vector:
+    d = _x25519_draft("x25519_low_order_then_valid", X25519_A)
+    other_file_key = CounterRandom("x25519_low_order_then_valid/other")(32)
+    d.stanzas.insert(0, _low_order_stanza(other_file_key, bytes(32), X25519_A))
+    return ok(
+        "A low-order stanza (wrapping another file key under the zero secret) before a valid one: "
+        "the low-order stanza is treated as not opening (neither an error nor the file key), and "
+        "the next stanza opens.",
+        d,
+        small(),
+        SMALL_META,
+        identity=X25519_A,
+    )
+
+
+@vector
+def x25519_share_tampered() -> Vector:
+    d = _x25519_draft("x25519_share_tampered", X25519_A)
+    share = d.stanzas[0]["share"]
+    tampered = ("1" if share[0] == "0" else "0") + share[1:]
+    return fail(
+        "no match",
+        "The lowest bit of the share flipped in the stored stanza area: another point, another secret.",
+        replace_in_area(finish(d), share, tampered),
+        identity=X25519_A,
+    )
+
+
+@vector
+def x25519_share_high_bit_set() -> Vector:
+    d = _x25519_draft("x25519_share_high_bit_set", X25519_A)
+    share = bytes.fromhex(d.stanzas[0]["share"])
+    assert share[31] < 0x80
+    tampered = (share[:31] + bytes([share[31] | 0x80])).hex()
+    return fail(
+        "no match",
+        "The most significant bit of the share set: X25519 ignores that bit (RFC 7748), so the "
+        "shared secret is unchanged, but the HKDF salt is the share as stored, so the wrap key "
+        "differs and the stanza does not open.",
+        replace_in_area(finish(d), d.stanzas[0]["share"], tampered),
+        identity=X25519_A,
+    )
+
+
+@vector
+def x25519_wraps_other_key() -> Vector:
+    d = _x25519_draft("x25519_wraps_other_key", X25519_A)
+    rng = CounterRandom("x25519_wraps_other_key/other")
+    d.stanzas = [ref.x25519_stanza(rng(32), X25519_A.public_key(), rng(32))]
+    return fail(
+        "header failure",
+        "The x25519 stanza opens with the identity but wraps another file key: the MAC fails.",
+        finish(d),
+        identity=X25519_A,
+    )
+
+
+@vector
+def x25519_identity_for_key_file() -> Vector:
+    d = make("x25519_identity_for_key_file", small(), SMALL_META)
+    return fail(
+        "no match",
+        "An X25519 identity is given but the file has only a key stanza.",
+        finish(d),
+        identity=X25519_A,
+    )
+
+
+@vector
+def key_for_x25519_file() -> Vector:
+    d = _x25519_draft("key_for_x25519_file", X25519_A)
+    return fail("no match", "A key is given but the file has only an x25519 stanza.", finish(d), key=KEY_A)
+
+
+def _x25519_fail(label: str, comment: str, edit: Callable[[list[dict[str, Any]]], None]) -> Vector:
+    d = _x25519_draft(label, X25519_A)
+    edit(d.stanzas)
+    return fail("format failure", comment, finish(d), identity=X25519_A)
+
+
+@vector
+def x25519_share_short() -> Vector:
+    return _x25519_fail(
+        "x25519_share_short", "An x25519 share of 31 bytes", lambda s: s[0].update(share=s[0]["share"][:62])
+    )
+
+
+@vector
+def x25519_share_uppercase() -> Vector:
+    return _x25519_fail(
+        "x25519_share_uppercase",
+        "An x25519 share in uppercase hex",
+        lambda s: s[0].update(share=s[0]["share"].upper()),
+    )
+
+
+@vector
+def x25519_body_long() -> Vector:
+    return _x25519_fail(
+        "x25519_body_long", "An x25519 body of 49 bytes", lambda s: s[0].update(body=s[0]["body"] + "00")
+    )
+
+
+@vector
+def x25519_extra_member() -> Vector:
+    return _x25519_fail(
+        "x25519_extra_member",
+        "An x25519 stanza with an extra member 'salt'",
+        lambda s: s[0].update(salt="00" * 16),
+    )
+
+
+@vector
+def x25519_missing_share() -> Vector:
+    return _x25519_fail(
+        "x25519_missing_share", "An x25519 stanza without 'share'", lambda s: s[0].pop("share")
+    )
+
+
+# ---- rsa-oaep ----
+
+
+def _rsa_draft(label: str) -> ref.Draft:
+    return make(label, small(), SMALL_META, keys=(), recipients=(RSA_A.public_key(),))
+
+
+@vector
+def rsa_oaep_success() -> Vector:
+    return ok(
+        "One rsa-oaep stanza (RSA-2048, OAEP with SHA-256, MGF1-SHA-256, label "
+        "'enctensor.v1 rsa-oaep'); the identity is the RSA private key.",
+        _rsa_draft("rsa_oaep"),
+        small(),
+        SMALL_META,
+        identity=RSA_A,
+    )
+
+
+@vector
+def rsa_oaep_wrong_key() -> Vector:
+    return fail(
+        "no match",
+        "The file of rsa_oaep_success read with another RSA-2048 key.",
+        finish(_rsa_draft("rsa_oaep")),
+        identity=RSA_B,
+    )
+
+
+@vector
+def rsa_oaep_body_flipped() -> Vector:
+    data = finish(_rsa_draft("rsa_oaep"))
+    body = area_json(data)["stanzas"][0]["body"]
+    flipped = body[:300] + ("1" if body[300] == "0" else "0") + body[301:]
+    return fail(
+        "no match",
+        "The file of rsa_oaep_success with one bit of the body flipped: OAEP decoding fails.",
+        replace_in_area(data, body, flipped),
+        identity=RSA_A,
+    )
+
+
+@vector
+def rsa_oaep_body_exceeds_modulus() -> Vector:
+    d = _rsa_draft("rsa_oaep")
+    d.stanzas[0]["body"] = "ff" * 256
+    return fail(
+        "no match",
+        "An rsa-oaep body of the modulus length whose value is larger than the modulus: it does not open.",
+        finish(d),
+        identity=RSA_A,
+    )
+
+
+@vector
+def rsa_oaep_body_257_bytes() -> Vector:
+    d = _rsa_draft("rsa_oaep")
+    d.stanzas[0]["body"] = fill("rsa_oaep_body_257_bytes", 257).hex()
+    return fail(
+        "no match",
+        "An rsa-oaep body of 257 bytes (valid for a 2049- to 2056-bit modulus): a reader with a "
+        "2048-bit key does not try it.",
+        finish(d),
+        identity=RSA_A,
+    )
+
+
+@vector
+def rsa_oaep_plaintext_16_bytes() -> Vector:
+    d = _rsa_draft("rsa_oaep_plaintext_16_bytes")
+    short = {"type": "rsa-oaep", "body": precomputed_oaep(RSA_A.public_key(), fill("rsa16", 16)).hex()}
+    d.stanzas.insert(0, short)
+    return ok(
+        "The first rsa-oaep stanza decrypts (valid OAEP) to 16 bytes, not a 32-byte file key, so "
+        "it does not open; the second wraps the real file key and opens.",
+        finish(d),
+        small(),
+        SMALL_META,
+        identity=RSA_A,
+    )
+
+
+@vector
+def rsa_oaep_wraps_other_key() -> Vector:
+    d = _rsa_draft("rsa_oaep_wraps_other_key")
+    other = fill("rsa_other_file_key", 32)
+    d.stanzas = [{"type": "rsa-oaep", "body": precomputed_oaep(RSA_A.public_key(), other).hex()}]
+    return fail(
+        "header failure",
+        "The rsa-oaep stanza opens with the identity but wraps another 32-byte file key: the MAC fails.",
+        finish(d),
+        identity=RSA_A,
+    )
+
+
+@vector
+def rsa_identity_for_key_file() -> Vector:
+    d = make("rsa_identity_for_key_file", small(), SMALL_META)
+    return fail(
+        "no match",
+        "An RSA private key is given but the file has only a key stanza.",
+        finish(d),
+        identity=RSA_A,
+    )
+
+
+def _rsa_fail(label: str, comment: str, edit: Callable[[list[dict[str, Any]]], None]) -> Vector:
+    d = _rsa_draft("rsa_oaep")
+    edit(d.stanzas)
+    return fail("format failure", comment, finish(d), identity=RSA_A)
+
+
+@vector
+def rsa_oaep_body_255_bytes() -> Vector:
+    return _rsa_fail(
+        "rsa_oaep_body_255_bytes",
+        "An rsa-oaep body of 255 bytes (below a 2048-bit modulus)",
+        lambda s: s[0].update(body=s[0]["body"][:510]),
+    )
+
+
+@vector
+def rsa_oaep_body_513_bytes() -> Vector:
+    return _rsa_fail(
+        "rsa_oaep_body_513_bytes",
+        "An rsa-oaep body of 513 bytes (above a 4096-bit modulus)",
+        lambda s: s[0].update(body=fill("rsa_oaep_body_513_bytes", 513).hex()),
+    )
+
+
+@vector
+def rsa_oaep_body_odd_hex() -> Vector:
+    return _rsa_fail(
+        "rsa_oaep_body_odd_hex",
+        "An rsa-oaep body of 513 hex digits",
+        lambda s: s[0].update(body=s[0]["body"] + "0"),
+    )
+
+
+@vector
+def rsa_oaep_body_uppercase() -> Vector:
+    return _rsa_fail(
+        "rsa_oaep_body_uppercase",
+        "An rsa-oaep body in uppercase hex",
+        lambda s: s[0].update(body=s[0]["body"].upper()),
+    )
+
+
+@vector
+def rsa_oaep_extra_member() -> Vector:
+    return _rsa_fail(
+        "rsa_oaep_extra_member",
+        "An rsa-oaep stanza with an extra member 'label'",
+        lambda s: s[0].update(label="enctensor.v1 rsa-oaep"),
+    )
+
+
+@vector
+def rsa_oaep_missing_body() -> Vector:
+    return _rsa_fail("rsa_oaep_missing_body", "An rsa-oaep stanza without 'body'", lambda s: s[0].pop("body"))
+
+
+# ---- mixed stanzas ----
+
+
+def _mixed() -> bytes:
+    d = make(
+        "stanza_mixed",
+        small(),
+        SMALL_META,
+        keys=(KEY_A,),
+        recipients=(X25519_A.public_key(), RSA_A.public_key()),
+    )
+    d.stanzas.insert(1, {"type": "future-kem", "share": fill("mixed/share", 32).hex(), "epoch": 3})
+    assert [s["type"] for s in d.stanzas] == ["key", "future-kem", "x25519", "rsa-oaep"]
+    return finish(d)
+
+
+MIXED_COMMENT = "Stanzas key, future-kem (unknown), x25519 and rsa-oaep, one file key: "
+
+
+@vector
+def stanza_mixed_key() -> Vector:
+    return ok(MIXED_COMMENT + "opens with the raw key.", _mixed(), small(), SMALL_META, key=KEY_A)
+
+
+@vector
+def stanza_mixed_x25519() -> Vector:
+    return ok(
+        MIXED_COMMENT + "opens with the X25519 identity.", _mixed(), small(), SMALL_META, identity=X25519_A
+    )
+
+
+@vector
+def stanza_mixed_rsa_oaep() -> Vector:
+    return ok(
+        MIXED_COMMENT + "opens with the RSA private key.", _mixed(), small(), SMALL_META, identity=RSA_A
+    )
+
+
+@vector
+def stanza_mixed_wrong_identity() -> Vector:
+    return fail(
+        "no match", MIXED_COMMENT + "another X25519 identity opens none.", _mixed(), identity=X25519_B
+    )
+
+
+@vector
+def stanza_scrypt_beside_x25519() -> Vector:
+    extra = ref.x25519_stanza(CounterRandom("sbx/fk")(32), X25519_A.public_key(), CounterRandom("sbx/e")(32))
+    return _stanza_fail(
+        "stanza_scrypt_beside_x25519", "An scrypt stanza and an x25519 stanza", _append(extra), PASSPHRASE
+    )
+
+
+# ---- signature ----
+
+VERIFY_A = PUBLISHER_A.public_key()
+VERIFY_B = PUBLISHER_B.public_key()
+
+
+def _signed(label: str, room: int = 16) -> tuple[ref.Draft, bytes]:
+    d = make(label, small(), SMALL_META)
+    return d, finish(d, sign_with=PUBLISHER_A, stanza_area_len=compact_area_len(d, True, room))
+
+
+def _sig_hex(data: bytes) -> str:
+    value: str = area_json(data)["signature"]["sig"]
+    return value
+
+
+def _with_sig_hex(data: bytes, sig: str) -> bytes:
+    return replace_in_area(data, f'"sig":"{_sig_hex(data)}"', f'"sig":"{sig}"')
+
+
+@vector
+def signature_verified() -> Vector:
+    _, data = _signed("signature_verified")
+    return ok(
+        "A file signed with Ed25519; the reader is given the publisher's key and the signature verifies.",
+        data,
+        small(),
+        SMALL_META,
+        verify_key=VERIFY_A,
+    )
+
+
+@vector
+def signature_ignored_without_verify_key() -> Vector:
+    _, data = _signed("signature_ignored_without_verify_key")
+    return ok(
+        "A signed file read without a verification key: the signature is ignored.", data, small(), SMALL_META
+    )
+
+
+@vector
+def signature_other_publisher() -> Vector:
+    _, data = _signed("signature_other_publisher")
+    return fail(
+        "header failure",
+        "A file signed by publisher A, verified with publisher B's key.",
+        data,
+        verify_key=VERIFY_B,
+    )
+
+
+@vector
+def signature_missing_with_verify_key() -> Vector:
+    d = make("signature_missing_with_verify_key", small(), SMALL_META)
+    return fail(
+        "header failure",
+        "An unsigned file read with a verification key: a missing signature is a header failure.",
+        finish(d),
+        verify_key=VERIFY_A,
+    )
+
+
+def _tampered_sig(data: bytes) -> bytes:
+    sig = _sig_hex(data)
+    return _with_sig_hex(data, sig[:10] + ("1" if sig[10] == "0" else "0") + sig[11:])
+
+
+@vector
+def signature_tampered() -> Vector:
+    _, data = _signed("signature_tampered")
+    return fail(
+        "header failure",
+        "One bit of the signature flipped (in R), verified with the publisher's key.",
+        _tampered_sig(data),
+        verify_key=VERIFY_A,
+    )
+
+
+@vector
+def signature_tampered_ignored_without_verify_key() -> Vector:
+    _, data = _signed("signature_tampered_ignored_without_verify_key")
+    return ok(
+        "One bit of the signature flipped, read without a verification key: the signature is "
+        "well formed and ignored.",
+        _tampered_sig(data),
+        small(),
+        SMALL_META,
+    )
+
+
+# The order of the Ed25519 base point.
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
+
+
+@vector
+def signature_malleated_s_plus_l() -> Vector:
+    _, data = _signed("signature_malleated_s_plus_l")
+    sig = bytes.fromhex(_sig_hex(data))
+    s = int.from_bytes(sig[32:], "little") + ED25519_L
+    malleated = sig[:32] + s.to_bytes(32, "little")
+    return fail(
+        "header failure",
+        "The signature's S replaced by S + L (the group order): the same curve equation holds, but "
+        "RFC 8032 requires S < L, so the signature does not verify.",
+        _with_sig_hex(data, malleated.hex()),
+        verify_key=VERIFY_A,
+    )
+
+
+@vector
+def signature_transplanted() -> Vector:
+    _, donor = _signed("signature_transplanted/donor")
+    _, data = _signed("signature_transplanted")
+    return fail(
+        "header failure",
+        "The signature of another file by the same publisher copied into this one.",
+        _with_sig_hex(data, _sig_hex(donor)),
+        verify_key=VERIFY_A,
+    )
+
+
+@vector
+def signature_valid_payload_tampered_before_mac() -> Vector:
+    d = make("signature_valid_payload_tampered_before_mac", small(), SMALL_META)
+    d.tag_table[16 + 3] ^= 0x01
+    data = finish(d, sign_with=PUBLISHER_A, stanza_area_len=compact_area_len(d, True))
+    return fail(
+        "payload failure",
+        "A tag byte flipped before the MAC and the signature were computed: both verify, the chunk does not.",
+        data,
+        verify_key=VERIFY_A,
+    )
+
+
+def _sig_fail(label: str, comment: str, old: str, new: Callable[[str], str], **kwargs: Any) -> Vector:
+    """A signed file with the signature member edited: ``old`` is replaced by new(sig hex)."""
+    _, data = _signed(label, room=128)
+    sig = _sig_hex(data)
+    return fail("format failure", comment, replace_in_area(data, old.format(sig=sig), new(sig)), **kwargs)
+
+
+SIG_MEMBER = '"signature":{{"type":"ed25519","sig":"{sig}"}}'
+
+
+@vector
+def signature_type_not_ed25519() -> Vector:
+    return _sig_fail(
+        "signature_type_not_ed25519",
+        "Signature type 'ed448' (no verification key given: the structure is checked anyway)",
+        '"type":"ed25519"',
+        lambda _: '"type":"ed448"',
+    )
+
+
+@vector
+def signature_type_uppercase() -> Vector:
+    return _sig_fail(
+        "signature_type_uppercase",
+        "Signature type 'Ed25519' (type names are case-sensitive; verification key given)",
+        '"type":"ed25519"',
+        lambda _: '"type":"Ed25519"',
+        verify_key=VERIFY_A,
+    )
+
+
+@vector
+def signature_sig_short() -> Vector:
+    return _sig_fail(
+        "signature_sig_short",
+        "A 63-byte sig (no verification key given)",
+        '"{sig}"',
+        lambda s: f'"{s[:126]}"',
+    )
+
+
+@vector
+def signature_sig_long() -> Vector:
+    return _sig_fail(
+        "signature_sig_long",
+        "A 65-byte sig (verification key given)",
+        '"{sig}"',
+        lambda s: f'"{s}00"',
+        verify_key=VERIFY_A,
+    )
+
+
+@vector
+def signature_sig_uppercase() -> Vector:
+    return _sig_fail("signature_sig_uppercase", "sig in uppercase hex", '"{sig}"', lambda s: f'"{s.upper()}"')
+
+
+@vector
+def signature_extra_member() -> Vector:
+    key = VERIFY_A.public_bytes_raw().hex()
+    return _sig_fail(
+        "signature_extra_member",
+        "The signature object also carries the publisher's public key as 'key' (a reader must "
+        "not trust a key found in the file, and extra members are rejected)",
+        '"sig":"{sig}"',
+        lambda s: f'"sig":"{s}","key":"{key}"',
+    )
+
+
+@vector
+def signature_missing_sig() -> Vector:
+    return _sig_fail(
+        "signature_missing_sig",
+        "A signature object without 'sig'",
+        SIG_MEMBER,
+        lambda _: '"signature":{"type":"ed25519"}',
+    )
+
+
+@vector
+def signature_not_object() -> Vector:
+    return _sig_fail(
+        "signature_not_object",
+        "signature is the hex string of the signature, not an object",
+        SIG_MEMBER,
+        lambda s: f'"signature":"{s}"',
+    )
+
+
+@vector
+def signature_null() -> Vector:
+    return _sig_fail(
+        "signature_null",
+        "signature is null (null is not used anywhere)",
+        SIG_MEMBER,
+        lambda _: '"signature":null',
+    )
+
+
+# ---- order of the checks with signatures ----
+
+
+@vector
+def order_no_match_before_signature() -> Vector:
+    d = make("order_no_match_before_signature", small(), SMALL_META)
+    return fail(
+        "no match",
+        "An unsigned file, a verification key and a wrong key: no match comes before the missing signature.",
+        finish(d),
+        key=KEY_WRONG,
+        verify_key=VERIFY_A,
+    )
+
+
+@vector
+def order_signature_structure_before_no_match() -> Vector:
+    _, data = _signed("order_signature_structure_before_no_match", room=32)
+    return fail(
+        "format failure",
+        "A malformed signature type and a wrong key: the format failure comes first.",
+        replace_in_area(data, '"type":"ed25519"', '"type":"ed448"'),
+        key=KEY_WRONG,
+    )
+
+
+@vector
+def order_signature_before_payload() -> Vector:
+    _, data = _signed("order_signature_before_payload")
+    return fail(
+        "header failure",
+        "A flipped signature bit and a flipped ciphertext byte, verification key given: the "
+        "header failure (signature) comes first.",
+        flip(_tampered_sig(data), layout(data).data_offset),
+        verify_key=VERIFY_A,
+    )
+
+
 # --- Output ---------------------------------------------------------------------------------
 
 
 def _classify(v: Vector) -> tuple[str, list[ref.Tensor], dict[str, str]]:
     try:
-        tensors, metadata = ref.read(v.file, key=v.key, passphrase=v.passphrase)
+        tensors, metadata = ref.read(
+            v.file, key=v.key, passphrase=v.passphrase, identity=v.identity, verify_key=v.verify_key
+        )
     except ref.RefError as exc:
         return EXPECT_CLASSES[type(exc)], [], {}
     return "success", tensors, metadata
@@ -1843,12 +3119,26 @@ def _check(name: str, v: Vector) -> None:
         assert metadata == v.metadata, name
 
 
+def _identity_json(identity: ref.Identity) -> dict[str, str]:
+    if isinstance(identity, X25519PrivateKey):
+        return {"type": "x25519", "private": identity.private_bytes_raw().hex()}
+    for private, pem in RSA_KEYS.values():
+        if private.private_numbers() == identity.private_numbers():
+            return {"type": "rsa", "private_pem": pem}
+    raise KeyError("not a test RSA key")
+
+
 def _vector_json(v: Vector) -> dict[str, Any]:
     out: dict[str, Any] = {"expect": v.expect, "comment": v.comment}
+    assert v.key is None or v.identity is None
     if v.key is not None:
         out["key"] = v.key.hex()
     if v.passphrase is not None:
         out["passphrase"] = v.passphrase
+    if v.identity is not None:
+        out["identity"] = _identity_json(v.identity)
+    if v.verify_key is not None:
+        out["verify_key"] = v.verify_key.public_bytes_raw().hex()
     if v.expect == "success":
         out["tensors"] = [
             {
@@ -1901,6 +3191,23 @@ def main(out_dir: Path | str | None = None) -> list[str]:
     return list(VECTORS)
 
 
+def print_missing_rsa_bodies() -> None:
+    """Run every vector with fresh RSA-OAEP bodies where constants are missing; print them."""
+    global _MISSING_RSA_BODIES
+    _MISSING_RSA_BODIES = {}
+    for name, fn in VECTORS.items():
+        _check(name, fn())
+    for (key_name, plaintext), body in sorted(_MISSING_RSA_BODIES.items()):
+        print(f'    ("{key_name}", "{plaintext}"): (')
+        for i in range(0, len(body), 96):
+            print(f'        "{body[i : i + 96]}"')
+        print("    ),")
+    print(f"# {len(_MISSING_RSA_BODIES)} missing", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    names = main(sys.argv[1] if len(sys.argv) > 1 else None)
-    print(f"wrote {len(names)} vectors")
+    if sys.argv[1:] == ["--print-missing-rsa-bodies"]:
+        print_missing_rsa_bodies()
+    else:
+        names = main(sys.argv[1] if len(sys.argv) > 1 else None)
+        print(f"wrote {len(names)} vectors")
