@@ -167,16 +167,46 @@ fn scrypt_wrap_key(passphrase: &str, salt: &[u8; SALT_LEN], log_n: u8) -> Result
     Ok(out)
 }
 
-/// The X25519 wrap key from a shared secret; `None` for an all-zero (low-order) secret.
-fn x25519_wrap_key(shared: &[u8], share: &[u8], recipient: &[u8]) -> Option<SecretKey> {
-    if shared.iter().all(|&b| b == 0) {
-        return None;
-    }
-    Some(crypto::hkdf(
-        shared,
-        &[share, recipient].concat(),
-        &[LABEL_X25519],
-    ))
+/// X25519(`me`, `peer`) as the `x25519` stanza uses it: `None` if AWS-LC rejects the peer
+/// key or the shared secret is all zero (a low-order point).
+fn agree_x25519(me: &agreement::PrivateKey, peer: &[u8]) -> Option<SecretKey> {
+    agreement::agree(me, UnparsedPublicKey::new(&X25519, peer), (), |shared| {
+        if shared.len() != KEY_LEN || shared.iter().all(|&b| b == 0) {
+            return Err(());
+        }
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        out.copy_from_slice(shared);
+        Ok(out)
+    })
+    .ok()
+}
+
+/// X25519 of a raw private scalar and a peer public key, exactly as stanzas compute it (for
+/// conformance tests); `None` for rejected keys and all-zero results.
+pub fn x25519_shared(secret: &[u8], peer: &[u8]) -> Option<SecretKey> {
+    let me = agreement::PrivateKey::from_private_key(&X25519, secret).ok()?;
+    agree_x25519(&me, peer)
+}
+
+/// RSAES-OAEP decryption with SHA-256, MGF1-SHA-256 and the given label, as the `rsa-oaep`
+/// stanza uses it (`None` on any failure).
+pub fn rsa_oaep_sha256_decrypt(
+    key: &OaepPrivateDecryptingKey,
+    body: &[u8],
+    label: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
+    let mut out = Zeroizing::new(vec![0u8; key.key_size_bytes()]);
+    let n = key
+        .decrypt(&OAEP_SHA256_MGF1SHA256, body, &mut out[..], Some(label))
+        .ok()?
+        .len();
+    out.truncate(n);
+    Some(out)
+}
+
+/// The X25519 wrap key from a (non-zero) shared secret.
+fn x25519_wrap_key(shared: &[u8], share: &[u8], recipient: &[u8]) -> SecretKey {
+    crypto::hkdf(shared, &[share, recipient].concat(), &[LABEL_X25519])
 }
 
 fn unwrap_body(wrap_key: &SecretKey, body: &[u8; BODY_LEN]) -> Option<SecretKey> {
@@ -255,13 +285,9 @@ pub fn open_stanzas(stanzas: &[Stanza], cred: &Credential) -> Result<SecretKey> 
             for s in stanzas {
                 if let Stanza::X25519 { share, body } = s {
                     tried = true;
-                    let wrap = agreement::agree(
-                        &me,
-                        UnparsedPublicKey::new(&X25519, share),
-                        (),
-                        |shared| x25519_wrap_key(shared, share, my_public.as_ref()).ok_or(()),
-                    );
-                    if let Some(fk) = wrap.ok().and_then(|w| unwrap_body(&w, body)) {
+                    let wrap = agree_x25519(&me, share)
+                        .map(|shared| x25519_wrap_key(&shared[..], share, my_public.as_ref()));
+                    if let Some(fk) = wrap.and_then(|w| unwrap_body(&w, body)) {
                         return Ok(fk);
                     }
                 }
@@ -276,12 +302,9 @@ pub fn open_stanzas(stanzas: &[Stanza], cred: &Credential) -> Result<SecretKey> 
                         continue;
                     }
                     tried = true;
-                    let mut out = Zeroizing::new([0u8; MAX_RSA_BODY]);
-                    if let Ok(pt) =
-                        key.decrypt(&OAEP_SHA256_MGF1SHA256, body, &mut out[..], Some(LABEL_RSA))
-                    {
+                    if let Some(pt) = rsa_oaep_sha256_decrypt(key, body, LABEL_RSA) {
                         if pt.len() == KEY_LEN {
-                            return fixed(pt, "file key");
+                            return fixed(&pt, "file key");
                         }
                     }
                 }
@@ -339,13 +362,9 @@ pub fn make_stanza(file_key: &SecretKey, recipient: &Recipient, log_n: u8) -> Re
                 .as_ref()
                 .try_into()
                 .expect("32-byte X25519 public key");
-            let wrap = agreement::agree(
-                &eph,
-                UnparsedPublicKey::new(&X25519, public),
-                (),
-                |shared| x25519_wrap_key(shared, &share, public).ok_or(()),
-            )
-            .map_err(|_| invalid("the X25519 recipient key is invalid (low-order point?)"))?;
+            let shared = agree_x25519(&eph, public)
+                .ok_or_else(|| invalid("the X25519 recipient key is invalid (low-order point?)"))?;
+            let wrap = x25519_wrap_key(&shared[..], &share, public);
             Stanza::X25519 {
                 share,
                 body: wrap_body(&wrap, file_key),
