@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== install (pip; builds the Rust extension with maturin) =="
-python3 -m pip install --quiet --progress-bar off -e ".[test,torch,tvm]"
+python3 -m pip install --quiet --progress-bar off -e ".[test,torch,tvm,models]"
 
 echo "== rust: fmt, clippy, tests =="
 (

@@ -355,3 +355,17 @@ def test_file_truncated_under_an_open_handle_is_a_typed_error(tmp_path: Path) ->
             f.get_slice("a")[100:200]
     enctensor.save({"a": arr}, path, key=KEY)
     assert same(enctensor.load(path, key=KEY)["a"], arr)
+
+
+def test_overlapping_destinations_are_refused() -> None:
+    from enctensor import _core
+    from enctensor._alloc import aligned_empty
+
+    blob = enctensor.save_bytes({"a": np.zeros(256, np.float32), "b": np.zeros(256, np.float32)}, key=KEY)
+    reader = _core.Reader.from_bytes(blob, key=KEY)
+    buf = aligned_empty(1536)
+    with pytest.raises(ValueError, match="overlap"):
+        reader.read_many_into([(0, buf[:1024]), (1, buf[512:1536])])
+    with pytest.raises(ValueError, match="overlap"):
+        reader.read_many_into([(0, buf[:1024]), (0, buf[:1024])])
+    reader.read_many_into([(0, buf[:1024]), (1, aligned_empty(1024))])

@@ -9,9 +9,9 @@ from ._api import inspect as inspect
 from ._api import inspect_bytes as inspect_bytes
 from ._api import load as load
 from ._api import load_bytes as load_bytes
+from ._api import rekey as rekey
 from ._api import safe_open as safe_open
 from ._api import save as save
-from ._api import rekey as rekey
 from ._api import save_bytes as save_bytes
 from ._core import FORMAT_VERSION as FORMAT_VERSION
 from ._core import __version__ as __version__

@@ -26,7 +26,9 @@ def check_key(key: object) -> bytes:
         raise TypeError(f"a key must be bytes, not {type(key).__name__}")
     raw = bytes(key)
     if len(raw) != KEY_SIZE:
-        raise ValueError(f"a key must be exactly {KEY_SIZE} bytes, got {len(raw)} (use enctensor.generate_key())")
+        raise ValueError(
+            f"a key must be exactly {KEY_SIZE} bytes, got {len(raw)} (use enctensor.generate_key())"
+        )
     return raw
 
 
@@ -149,7 +151,9 @@ class FileKey:
 KeyProvider = Callable[[list[dict[str, Any]]], Any]
 
 
-def opener(key: object, passphrase: object, stanzas: Callable[[], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+def opener(
+    key: object, passphrase: object, stanzas: Callable[[], list[dict[str, Any]]] | None = None
+) -> dict[str, Any]:
     """Keyword arguments for ``_core.Reader``: exactly one way of opening the file.
 
     ``key`` may be 32 raw bytes, an ``X25519PrivateKey`` or ``RSAPrivateKey``, a path to a PEM

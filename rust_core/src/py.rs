@@ -4,10 +4,7 @@
 use std::path::PathBuf;
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{
-    PyFileExistsError, PyFileNotFoundError, PyIsADirectoryError, PyOSError, PyPermissionError,
-    PyValueError,
-};
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -32,12 +29,11 @@ impl From<Error> for PyErr {
             Error::WrongKey(_) => WrongKeyError::new_err(msg),
             Error::Integrity(_) => IntegrityError::new_err(msg),
             Error::InvalidArgument(_) => PyValueError::new_err(msg),
-            Error::Io(err, _) => match err.kind() {
-                std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
-                std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
-                std::io::ErrorKind::AlreadyExists => PyFileExistsError::new_err(msg),
-                std::io::ErrorKind::IsADirectory => PyIsADirectoryError::new_err(msg),
-                _ => PyOSError::new_err(msg),
+            // OSError(errno, message) picks the subclass (FileNotFoundError, ...) from errno
+            // and sets `.errno`, so callers can branch on it without parsing the message.
+            Error::Io(err, _) => match err.raw_os_error() {
+                Some(errno) => PyOSError::new_err((errno, msg)),
+                None => PyOSError::new_err(msg),
             },
         }
     }
@@ -259,6 +255,12 @@ impl PyReader {
         tensor_rows(self.inner.header())
     }
 
+    /// The file's chunk size in bytes.
+    #[getter]
+    fn chunk_size(&self) -> u64 {
+        self.inner.header().chunk_size
+    }
+
     fn metadata(&self) -> Vec<(String, String)> {
         self.inner.header().metadata.clone()
     }
@@ -287,15 +289,18 @@ impl PyReader {
             .collect::<PyResult<Vec<_>>>()?;
         let raw: Vec<(usize, usize, usize)> =
             held.iter().map(|(i, h)| (*i, h.ptr, h.len)).collect();
-        let mut seen = std::collections::HashSet::new();
-        if !raw.iter().all(|&(_, p, n)| n == 0 || seen.insert(p)) {
-            return Err(PyValueError::new_err("destinations must not share memory"));
+        // The destinations become `&mut [u8]` written in parallel: they must not overlap.
+        let mut spans: Vec<(usize, usize)> =
+            raw.iter().filter(|r| r.2 > 0).map(|r| (r.1, r.2)).collect();
+        spans.sort_unstable();
+        if spans.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(PyValueError::new_err("destinations must not overlap"));
         }
         py.detach(|| {
             let mut slices: Vec<(usize, &mut [u8])> = raw
                 .iter()
-                // SAFETY: every export is held by `held` until `detach` returns; the caller
-                // gives a distinct buffer per tensor (same start addresses are refused above).
+                // SAFETY: every export is held by `held` until `detach` returns, and the
+                // destinations were checked above not to overlap.
                 .map(|&(i, p, n)| (i, unsafe { Held::slice_mut(p, n) }))
                 .collect();
             self.inner.read_many(&mut slices)

@@ -1,0 +1,261 @@
+"""Converting checkpoints to and from enctensor files, streaming.
+
+Inputs are memory-mapped and handed to the Rust writer as views, which encrypts them in
+bounded batches; decryption writes one bounded step (about 16 MiB, whole chunks) at a time.
+Neither direction holds a whole tensor in memory, so a checkpoint larger than free RAM
+converts. Outputs are written under temporary names next to their final names and renamed
+into place only when everything succeeded.
+
+Formats (the names used by ``format=`` and the CLI):
+
+- ``"safetensors"``: a ``.safetensors`` file (see :mod:`enctensor.convert.safetensors`);
+- ``"params"``: a TVM ``.params`` file (see :mod:`enctensor.convert.tvm_params`);
+- ``"index"``: a Hugging Face sharded checkpoint, given by its ``*.index.json`` (see
+  :mod:`enctensor.convert.sharded`).
+
+Example::
+
+    from enctensor.convert import encrypt_file, decrypt_file
+    key = enctensor.generate_key()
+    encrypt_file("model.safetensors", "model.enct", key=key)
+    decrypt_file("model.enct", "model.safetensors", key=key)
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._api import inspect as _inspect
+from . import safetensors as _st
+from . import sharded as _sharded
+from . import tvm_params as _tvm
+from ._common import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_SCRYPT_LOG_N,
+    ENCT_MAGIC,
+    InputFormatError,
+    Meter,
+    PathLike,
+    ProgressCallback,
+    Secret,
+    Staging,
+    about,
+    open_output,
+)
+
+__all__ = [
+    "FORMATS",
+    "Conversion",
+    "InputFormatError",
+    "ProgressCallback",
+    "decrypt_file",
+    "detect_format",
+    "encrypt_file",
+    "output_format",
+    "verify_file",
+]
+
+#: Plaintext formats that files convert to and from.
+FORMATS = ("safetensors", "params", "index")
+_EXTENSIONS = {".safetensors": "safetensors", ".params": "params", ".json": "index"}
+_DESCRIPTIONS = {
+    "safetensors": "a safetensors file",
+    "params": "a TVM .params file",
+    "index": "a sharded checkpoint index",
+    "enctensor": "an enctensor file",
+    "enctensor-index": "an encrypted sharded checkpoint index",
+}
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What a conversion did."""
+
+    source_format: str
+    output_format: str
+    outputs: list[Path]
+    tensors: int
+    nbytes: int
+    #: Metadata keys of the encrypted file that the output format cannot hold.
+    dropped_metadata: list[str] = field(default_factory=list)
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 8 + n <= size and head[8:9] == b"{"
+
+
+def detect_format(path: PathLike) -> str | None:
+    """The format of ``path`` from its content: ``"safetensors"``, ``"params"``,
+    ``"index"``, ``"enctensor"``, ``"enctensor-index"``, or ``None`` if it is none of them."""
+    with about(path), open(path, "rb") as f:
+        head = f.read(16)
+        size = os.fstat(f.fileno()).st_size
+    if head.startswith(ENCT_MAGIC):
+        return "enctensor"
+    if _tvm.is_params(head):
+        return "params"
+    if _is_safetensors(head, size):
+        return "safetensors"
+    if head.lstrip()[:1] == b"{":
+        try:
+            obj = _sharded.load_json(path)
+        except InputFormatError:
+            return None
+        if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
+            return None
+        return "enctensor-index" if _index_is_encrypted(Path(path), obj["weight_map"]) else "index"
+    return None
+
+
+def _index_is_encrypted(path: Path, weight_map: dict[str, object]) -> bool:
+    """Whether the shards of an index are enctensor files (the first one tells)."""
+    for shard in weight_map.values():
+        if not isinstance(shard, str):
+            return False
+        try:
+            _sharded.safe_name(path, shard)
+            with open(path.parent / shard, "rb") as f:
+                return f.read(len(ENCT_MAGIC)) == ENCT_MAGIC
+        except (InputFormatError, OSError):
+            return shard.endswith(_sharded.ENC_SUFFIX)
+    return False
+
+
+def _not_a(path: PathLike, fmt: str | None, wanted: str) -> InputFormatError:
+    what = _DESCRIPTIONS.get(fmt or "", "none of the formats enctensor converts")
+    e = InputFormatError(f"{path}: not {wanted}: it looks like {what}" if fmt else f"{path}: not {wanted}")
+    e.enctensor_path = os.fspath(path)  # type: ignore[attr-defined]
+    e.detected_format = fmt  # type: ignore[attr-defined]
+    return e
+
+
+def encrypt_file(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    key: bytes | Iterable[bytes] | None = None,
+    passphrase: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Conversion:
+    """Encrypts a safetensors file, a TVM ``.params`` file or a sharded checkpoint (given
+    by its index JSON, whose encrypted counterpart is written to ``dst``, with the shards
+    next to it), detected from the content of ``src``.
+
+    ``key`` is 32 bytes, or several keys any of which will open the output; ``passphrase``
+    derives a key with scrypt (work factor ``2**scrypt_log_n``) instead. An existing
+    output is refused with :class:`FileExistsError` unless ``overwrite``.
+    """
+    secret = Secret.for_writing(key, passphrase)
+    fmt = detect_format(src)
+    if fmt not in FORMATS:
+        raise _not_a(src, fmt, "a safetensors file, TVM .params file or sharded checkpoint index")
+    opts = {"chunk_size": chunk_size, "scrypt_log_n": scrypt_log_n}
+    with Staging(overwrite) as staging:
+        if fmt == "index":
+            if Path(dst).suffix != ".json":
+                raise ValueError(f"{dst}: the encrypted index of a sharded checkpoint must be a .json file")
+            tensors, nbytes = _sharded.encrypt(
+                src, dst, secret, staging, meter_factory=lambda total: Meter(total, progress), **opts
+            )
+        else:
+            module = _st if fmt == "safetensors" else _tvm
+            meter = Meter(module.data_size(src), progress)
+            tmp = staging.add(dst)
+            parsed = module.encrypt(src, tmp, secret, meter=meter, shown=dst, **opts)
+            tensors, nbytes = len(parsed.tensors), meter.total
+        outputs = staging.commit()
+    return Conversion(fmt, "enctensor", outputs, tensors, nbytes)
+
+
+def output_format(dst: PathLike, src: PathLike, requested: str | None = None) -> str:
+    """The plaintext format to decrypt ``src`` (an enctensor file or encrypted index) to:
+    ``requested`` if given, else from ``dst``'s extension, else the format ``src`` was
+    converted from if it is recorded, else ``"safetensors"``."""
+    if requested is not None and requested not in FORMATS:
+        raise ValueError(f"unknown format {requested!r} (choose from {', '.join(FORMATS)})")
+    by_ext = _EXTENSIONS.get(Path(dst).suffix.lower())
+    if requested is not None and by_ext is not None and requested != by_ext:
+        raise ValueError(f"{dst}: the extension says {by_ext} but the format asked for is {requested}")
+    if requested is not None or by_ext is not None:
+        return requested or by_ext  # type: ignore[return-value]
+    if detect_format(src) == "enctensor-index":
+        return "index"
+    with about(src):
+        metadata = _inspect(src)["metadata"]
+    return "params" if _tvm.METADATA_KEY in metadata else "safetensors"
+
+
+def decrypt_file(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    key: Any = None,
+    passphrase: str | None = None,
+    format: str | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Conversion:
+    """Decrypts an enctensor file (or an encrypted sharded checkpoint index and its shards)
+    to ``dst`` in the format chosen by :func:`output_format`. Every byte is verified before
+    it is written; on any failure no output is left behind. ``key`` is anything
+    :func:`enctensor.load` takes as a key, or a list of those, tried in turn."""
+    secret = Secret.for_reading(key, passphrase)
+    src_fmt = detect_format(src)
+    if src_fmt not in ("enctensor", "enctensor-index"):
+        raise _not_a(src, src_fmt, "an enctensor file or encrypted checkpoint index")
+    fmt = output_format(dst, src, format)
+    if (src_fmt == "enctensor-index") != (fmt == "index"):
+        if fmt == "index":
+            raise ValueError(
+                f"{dst}: a single enctensor file cannot be decrypted to a sharded checkpoint index"
+            )
+        raise ValueError(
+            f"{dst}: an encrypted sharded checkpoint decrypts to an index (a .json file), not to {fmt}"
+        )
+    with Staging(overwrite) as staging:
+        if fmt == "index":
+            tensors, nbytes, dropped = _sharded.decrypt(
+                src, dst, secret, staging, meter_factory=lambda total: Meter(total, progress)
+            )
+        else:
+            tmp = staging.add(dst)
+            reader = secret.open(src)
+            rows = reader.tensors()
+            nbytes = sum(r[4] for r in rows)
+            tensors = len(rows)
+            meter = Meter(nbytes, progress)
+            module = _st if fmt == "safetensors" else _tvm
+            with open_output(tmp) as f:
+                dropped = module.write(reader, f, meter=meter, shown=src)
+            del reader
+        outputs = staging.commit()
+    return Conversion(src_fmt, fmt, outputs, tensors, nbytes, dropped)
+
+
+def verify_file(src: PathLike, *, key: Any = None, passphrase: str | None = None) -> tuple[int, int]:
+    """Verifies every chunk tag of an enctensor file (or of every shard of an encrypted
+    index) without keeping any plaintext; returns (tensors, bytes). Raises
+    :class:`~enctensor.WrongKeyError`, :class:`~enctensor.IntegrityError` or
+    :class:`~enctensor.FormatError`."""
+    secret = Secret.for_reading(key, passphrase)
+    fmt = detect_format(src)
+    if fmt == "enctensor-index":
+        return _sharded.verify(src, secret)
+    if fmt != "enctensor":
+        raise _not_a(src, fmt, "an enctensor file or encrypted checkpoint index")
+    reader = secret.open(src)
+    with about(src):
+        reader.verify()
+    rows = reader.tensors()
+    return len(rows), sum(r[4] for r in rows)
