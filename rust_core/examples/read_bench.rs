@@ -67,12 +67,14 @@ fn main() {
         write_file_atomic(&path, &tensors, &opts).unwrap();
     }
     let _ = std::fs::read(&path).unwrap(); // warm the page cache
-    let reader = Reader::open(&path, &Credential::key(&KEY).unwrap(), None).unwrap();
+    let open = || Reader::open(&path, &Credential::key(&KEY).unwrap(), None).unwrap();
     let total = (per * 16) as f64;
     let (mut fresh, mut reused) = (Vec::new(), Vec::new());
     let mut keep: Vec<Buf> = (0..16).map(|_| Buf::new(per)).collect();
     for _ in 0..7 {
+        // A fresh reader (and map) per load, as `enctensor.load` does.
         let t0 = Instant::now();
+        let reader = open();
         let mut bufs: Vec<Buf> = (0..16).map(|_| Buf::new(per)).collect();
         let mut jobs: Vec<(usize, &mut [u8])> = bufs
             .iter_mut()
@@ -84,6 +86,7 @@ fn main() {
         drop(jobs);
         drop(bufs);
         let t0 = Instant::now();
+        let reader = open();
         let mut jobs: Vec<(usize, &mut [u8])> = keep
             .iter_mut()
             .enumerate()

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
-use crate::crypto::{self, SecretKey, KEY_LEN, TAG_LEN};
+use crate::crypto::{self, GcmKey, SecretKey, KEY_LEN, TAG_LEN};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::header::{
@@ -27,8 +27,9 @@ pub const DEFAULT_LOG_N: u8 = 18;
 /// The preamble and a stanza area of this size fill exactly the first page, so re-keying is
 /// one single-page write.
 pub const PAGE: u64 = 4096;
-/// Plaintext encrypted per batch before it is written out: bounds the writer's memory.
-const BATCH_BYTES: usize = 32 << 20;
+/// Plaintext encrypted per batch; the writer holds at most two batches (one being encrypted,
+/// one being written), which bounds its memory.
+const BATCH_BYTES: usize = 16 << 20;
 
 /// One tensor to write: its bytes are borrowed, row-major, little-endian.
 pub struct TensorSource<'a> {
@@ -223,7 +224,7 @@ fn io_err(e: std::io::Error) -> Error {
 }
 
 /// Writes a complete file to `w` and returns the number of bytes written.
-pub fn write_to<W: Write + Seek>(
+pub fn write_to<W: Write + Seek + Send>(
     w: &mut W,
     tensors: &[TensorSource],
     opts: &WriteOptions,
@@ -269,51 +270,15 @@ pub fn write_to<W: Write + Seek>(
     w.write_all(&json).map_err(io_err)?;
     write_zeros(w, data_offset - mac_offset)?;
 
-    let cs = opts.chunk_size as usize;
-    let mut tags: Vec<[u8; TAG_LEN]> = Vec::with_capacity(n_tags as usize);
-    let mut pos = 0u64;
-    let mut batch: Vec<u8> = Vec::new();
-    for (i, t) in tensors.iter().enumerate() {
-        write_zeros(w, begins[i] - pos)?;
-        let key = crypto::tensor_key(&file_key, &t.name);
-        let m = chunks[i];
-        if t.data.is_empty() {
-            let n = crypto::chunk_nonce(0, 1);
-            tags.push(if t.encrypted {
-                key.seal(n, b"", &mut [])
-            } else {
-                key.gmac(n, b"")
-            });
-        }
-        let per_batch = (BATCH_BYTES / cs).max(1);
-        for (b, group) in t.data.chunks(cs * per_batch).enumerate() {
-            let first = (b * per_batch) as u64;
-            if t.encrypted {
-                batch.clear();
-                batch.resize(group.len(), 0);
-                let new_tags: Vec<[u8; TAG_LEN]> = batch
-                    .par_chunks_mut(cs)
-                    .zip(group.par_chunks(cs))
-                    .enumerate()
-                    .map(|(j, (dst, src))| {
-                        dst.copy_from_slice(src);
-                        key.seal(crypto::chunk_nonce(first + j as u64, m), b"", dst)
-                    })
-                    .collect();
-                tags.extend(new_tags);
-                w.write_all(&batch).map_err(io_err)?;
-            } else {
-                let new_tags: Vec<[u8; TAG_LEN]> = group
-                    .par_chunks(cs)
-                    .enumerate()
-                    .map(|(j, src)| key.gmac(crypto::chunk_nonce(first + j as u64, m), src))
-                    .collect();
-                tags.extend(new_tags);
-                w.write_all(group).map_err(io_err)?;
-            }
-        }
-        pos = begins[i] + t.data.len() as u64;
-    }
+    let keys: Vec<GcmKey> = tensors
+        .par_iter()
+        .map(|t| crypto::tensor_key(&file_key, &t.name))
+        .collect();
+    let segments = segments(tensors, &begins, &chunks, opts.chunk_size as usize);
+    let tags = encrypt_and_write(w, segments, &keys)?;
+    let pos = tensors
+        .last()
+        .map_or(0, |t| begins[begins.len() - 1] + t.data.len() as u64);
     debug_assert_eq!(tags.len() as u64, n_tags);
     let tag_bytes: Vec<u8> = tags.concat();
     let mac = crypto::header_mac(&file_key, &[&json, &tag_bytes]);
@@ -330,6 +295,132 @@ pub fn write_to<W: Write + Seek>(
     w.seek(SeekFrom::Start(data_offset + pos)).map_err(io_err)?;
     w.flush().map_err(io_err)?;
     Ok(data_offset + pos)
+}
+
+/// A piece of the data section, in file order: zero padding, or one chunk of one tensor.
+enum Segment<'a> {
+    Zeros(usize),
+    Chunk {
+        tensor: usize,
+        nonce: [u8; 12],
+        src: &'a [u8],
+        encrypted: bool,
+    },
+}
+
+impl Segment<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Segment::Zeros(n) => *n,
+            Segment::Chunk { src, .. } => src.len(),
+        }
+    }
+}
+
+/// The data section as segments: padding before each tensor, then its chunks (a zero-byte
+/// tensor has one empty chunk).
+fn segments<'a>(
+    tensors: &'a [TensorSource<'a>],
+    begins: &'a [u64],
+    chunks: &'a [u64],
+    cs: usize,
+) -> impl Iterator<Item = Segment<'a>> + 'a {
+    let mut pos = 0u64;
+    tensors.iter().enumerate().flat_map(move |(i, t)| {
+        let gap = (begins[i] - pos) as usize;
+        pos = begins[i] + t.data.len() as u64;
+        let m = chunks[i];
+        let pieces: Box<dyn Iterator<Item = &'a [u8]>> = if t.data.is_empty() {
+            Box::new(std::iter::once(t.data))
+        } else {
+            Box::new(t.data.chunks(cs))
+        };
+        let chunk_segments = pieces.enumerate().map(move |(j, src)| Segment::Chunk {
+            tensor: i,
+            nonce: crypto::chunk_nonce(j as u64, m),
+            src,
+            encrypted: t.encrypted,
+        });
+        (gap > 0)
+            .then_some(Segment::Zeros(gap))
+            .into_iter()
+            .chain(chunk_segments)
+    })
+}
+
+/// Encrypts the segments in batches of about `BATCH_BYTES` on all cores while a second thread
+/// writes the previous batch, so that encryption and I/O overlap. Returns the tags in order.
+fn encrypt_and_write<'a, W: Write + Send>(
+    w: &mut W,
+    segments: impl Iterator<Item = Segment<'a>>,
+    keys: &[GcmKey],
+) -> Result<Vec<[u8; TAG_LEN]>> {
+    // A rendezvous channel: at most two batches exist, one being written and one being filled.
+    let (to_writer, from_producer) = std::sync::mpsc::sync_channel::<Vec<u8>>(0);
+    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<()> {
+            for buf in from_producer {
+                w.write_all(&buf).map_err(io_err)?;
+                let _ = recycle.send(buf);
+            }
+            Ok(())
+        });
+        let mut tags = Vec::new();
+        let mut segments = segments.peekable();
+        while segments.peek().is_some() {
+            let mut batch = Vec::new();
+            let mut len = 0usize;
+            while let Some(seg) =
+                segments.next_if(|s| batch.is_empty() || len + s.len() <= BATCH_BYTES)
+            {
+                len += seg.len();
+                batch.push(seg);
+            }
+            // Reuse a written buffer: its pages are already faulted in. Every byte of it is
+            // overwritten below, since the segments tile the batch.
+            let mut buf = recycled.try_recv().unwrap_or_default();
+            buf.resize(len, 0);
+            let mut slots = Vec::with_capacity(batch.len());
+            let mut rest = &mut buf[..];
+            for seg in &batch {
+                let (slot, tail) = rest.split_at_mut(seg.len());
+                slots.push(slot);
+                rest = tail;
+            }
+            let new_tags: Vec<Option<[u8; TAG_LEN]>> = batch
+                .par_iter()
+                .zip(slots.into_par_iter())
+                .map(|(seg, slot)| match seg {
+                    Segment::Zeros(_) => {
+                        slot.fill(0);
+                        None
+                    }
+                    Segment::Chunk {
+                        tensor,
+                        nonce,
+                        src,
+                        encrypted,
+                    } => {
+                        slot.copy_from_slice(src);
+                        let key = &keys[*tensor];
+                        Some(if *encrypted {
+                            key.seal(*nonce, b"", slot)
+                        } else {
+                            key.gmac(*nonce, slot)
+                        })
+                    }
+                })
+                .collect();
+            tags.extend(new_tags.into_iter().flatten());
+            if to_writer.send(buf).is_err() {
+                break; // the writer stopped on an error, reported below
+            }
+        }
+        drop(to_writer);
+        writer.join().expect("the writer thread does not panic")?;
+        Ok(tags)
+    })
 }
 
 pub(crate) fn write_zeros<W: Write>(w: &mut W, mut n: u64) -> Result<()> {
