@@ -12,7 +12,8 @@ pub const MAX_INT: u64 = (1 << 53) - 1;
 #[derive(Debug)]
 pub enum Json {
     Null,
-    Bool(bool),
+    /// Booleans only occur where the typed header parser reads them; the tree keeps the kind.
+    Bool,
     Int(u64),
     Str(String),
     Array(Vec<Json>),
@@ -23,7 +24,7 @@ impl Json {
     pub fn kind(&self) -> &'static str {
         match self {
             Json::Null => "null",
-            Json::Bool(_) => "a boolean",
+            Json::Bool => "a boolean",
             Json::Int(_) => "an integer",
             Json::Str(_) => "a string",
             Json::Array(_) => "an array",
@@ -44,7 +45,8 @@ impl<'de> Visitor<'de> for JsonVisitor {
         Ok(Json::Null)
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Json, E> {
-        Ok(Json::Bool(v))
+        let _ = v;
+        Ok(Json::Bool)
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Json, E> {
         if v > MAX_INT {
@@ -94,19 +96,26 @@ impl<'de> Deserialize<'de> for Json {
     }
 }
 
-/// Parses header bytes: one JSON object starting at the first byte, followed only by spaces.
-pub fn parse_header_json(bytes: &[u8]) -> Result<Json, String> {
+/// The JSON text of a header or stanza area: it must start with `{` and may be followed only
+/// by spaces; returns the text without the spaces.
+pub fn frame(bytes: &[u8]) -> Result<&[u8], String> {
     if bytes.first() != Some(&b'{') {
-        return Err("the header must start with '{'".into());
+        return Err("it must start with '{'".into());
     }
     let end = bytes.iter().rposition(|&b| b != b' ').map_or(0, |p| p + 1);
     let body = &bytes[..end];
     if body.last() != Some(&b'}') {
-        return Err("the header must be one JSON object followed only by spaces".into());
+        return Err("it must be one JSON object followed only by spaces".into());
     }
+    Ok(body)
+}
+
+/// Parses header bytes: one JSON object starting at the first byte, followed only by spaces.
+pub fn parse_header_json(bytes: &[u8]) -> Result<Json, String> {
+    let body = frame(bytes)?;
     let mut de = serde_json::Deserializer::from_slice(body);
-    let v = Json::deserialize(&mut de).map_err(|e| format!("invalid header JSON: {e}"))?;
-    de.end().map_err(|e| format!("invalid header JSON: {e}"))?;
+    let v = Json::deserialize(&mut de).map_err(|e| format!("invalid JSON: {e}"))?;
+    de.end().map_err(|e| format!("invalid JSON: {e}"))?;
     Ok(v)
 }
 

@@ -1303,8 +1303,8 @@ def preamble_header_len_too_large() -> Vector:
     d = make("preamble_header_len_too_large", small(), SMALL_META)
     return fail(
         "format failure",
-        "header_len 67,108,865 (64 MiB + 1); must be rejected before reading.",
-        finish(d, header_len=67_108_865),
+        "header_len 16,777,217 (16 MiB + 1); must be rejected before reading.",
+        finish(d, header_len=16_777_217),
     )
 
 
