@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Self
@@ -18,7 +19,9 @@ from ._slice import plan
 from .errors import TensorNotFoundError
 
 PathLike = str | os.PathLike[str]
-DEFAULT_CHUNK_SIZE = 1 << 20
+# 256 KiB: a slice decrypts at most two chunks more than it needs; throughput is the same as
+# with 1 MiB chunks.
+DEFAULT_CHUNK_SIZE = 256 << 10
 DEFAULT_SCRYPT_LOG_N = 18
 
 __all__ = [
@@ -291,10 +294,21 @@ class TensorSlice:
         if p.empty:
             return self._handle._convert(np.empty(p.shape, dt), self._dtype)
         size = dt.itemsize
-        buf = aligned_empty((p.hi - p.lo + 1) * size)
-        self._handle._reader_or_raise().read_range_into(self._index, p.lo * size, buf)
+        reader = self._handle._reader_or_raise()
+        # Read whole chunks: they are verified whole anyway, and the core then decrypts them
+        # straight into `buf` instead of through a scratch buffer.
+        cs = reader.chunk_size
+        nbytes = math.prod(self._shape) * size
+        start = p.lo * size // cs * cs
+        stop = min(-(-(p.hi + 1) * size // cs) * cs, nbytes)
+        buf = aligned_empty(stop - start)
+        reader.read_range_into(self._index, start, buf)
         view = np.ndarray(
-            p.shape, dtype=dt, buffer=buf, offset=p.offset * size, strides=[s * size for s in p.strides]
+            p.shape,
+            dtype=dt,
+            buffer=buf,
+            offset=p.lo * size - start + p.offset * size,
+            strides=[s * size for s in p.strides],
         )
         # reshape: np.ascontiguousarray turns a 0-d array into a 1-d one.
         return self._handle._convert(np.ascontiguousarray(view).reshape(p.shape), self._dtype)

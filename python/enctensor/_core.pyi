@@ -75,7 +75,7 @@ def write_file(
     rsa_spki: Sequence[bytes] | None = None,
     sign_seed: bytes | None = None,
     log_n: int = 18,
-    chunk_size: int = 1048576,
+    chunk_size: int = 262144,
 ) -> int: ...
 def write_bytes(
     tensors: Sequence[_TensorIn],
@@ -87,7 +87,7 @@ def write_bytes(
     rsa_spki: Sequence[bytes] | None = None,
     sign_seed: bytes | None = None,
     log_n: int = 18,
-    chunk_size: int = 1048576,
+    chunk_size: int = 262144,
 ) -> bytes: ...
 def rekey(
     path: str | PathLike[str],

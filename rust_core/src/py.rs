@@ -432,7 +432,7 @@ fn targets(
 
 /// Writes an encrypted file atomically. `tensors` is `[(name, dtype, shape, buffer, encrypted)]`.
 #[pyfunction]
-#[pyo3(signature = (path, tensors, *, metadata, keys, passphrase=None, x25519=None, rsa_spki=None, sign_seed=None, log_n=18, chunk_size=1048576))]
+#[pyo3(signature = (path, tensors, *, metadata, keys, passphrase=None, x25519=None, rsa_spki=None, sign_seed=None, log_n=18, chunk_size=262144))]
 #[allow(clippy::too_many_arguments)]
 fn write_file(
     py: Python<'_>,
@@ -457,7 +457,7 @@ fn write_file(
 
 /// Like `write_file`, returning the file as `bytes`.
 #[pyfunction]
-#[pyo3(signature = (tensors, *, metadata, keys, passphrase=None, x25519=None, rsa_spki=None, sign_seed=None, log_n=18, chunk_size=1048576))]
+#[pyo3(signature = (tensors, *, metadata, keys, passphrase=None, x25519=None, rsa_spki=None, sign_seed=None, log_n=18, chunk_size=262144))]
 #[allow(clippy::too_many_arguments)]
 fn write_bytes<'py>(
     py: Python<'py>,

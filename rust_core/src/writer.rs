@@ -22,7 +22,7 @@ use crate::keys::{make_stanza, sign, Recipient};
 
 /// Writers page-align the data section so that tensor data can be mapped page by page.
 pub const WRITER_DATA_ALIGN: u64 = 4096;
-pub const DEFAULT_CHUNK: u64 = 1 << 20;
+pub const DEFAULT_CHUNK: u64 = 256 << 10;
 pub const DEFAULT_LOG_N: u8 = 18;
 /// The preamble and a stanza area of this size fill exactly the first page, so re-keying is
 /// one single-page write.
