@@ -89,11 +89,14 @@ def corrupt(path: Path, offset_from_end: int = 1) -> None:
 # --- Help and usage -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["keygen"], ["encrypt"], ["decrypt"], ["inspect"], ["verify"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["keygen"], ["pubkey"], ["encrypt"], ["decrypt"], ["inspect"], ["verify"], ["rekey"]],
+)
 def test_help(tmp_path: Path, command: list[str]) -> None:
     proc = run(*command, "--help", cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: enctensor")
-    if command in ([], ["encrypt"], ["decrypt"], ["verify"]):
+    if command in ([], ["encrypt"], ["decrypt"], ["verify"], ["rekey"]):
         assert "exit status" in proc.stdout
 
 
@@ -468,12 +471,15 @@ def test_progress_is_drawn_only_when_enabled(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_console_script(work: Path) -> None:
-    """The ``enctensor`` entry point, once pyproject.toml declares it and it is installed."""
+    """The ``enctensor`` entry point that pyproject.toml declares (``pip install -e .``)."""
     exe = shutil.which("enctensor")
-    if exe is None:
-        pytest.skip("the enctensor console script is not installed")
+    assert exe is not None, "the enctensor console script is not installed: run `pip install -e .`"
     assert run("--help", cwd=work, exe=[exe]).returncode == 0
     assert run("encrypt", "model.safetensors", "m.enct", "-k", "key.key", cwd=work, exe=[exe]).returncode == 0
+    proc = run("decrypt", "m.enct", "back.safetensors", "-k", "key.key", cwd=work, exe=[exe])
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "back.safetensors").read_bytes() == (work / "model.safetensors").read_bytes()
+    assert_failed(run("verify", "m.enct", "-k", "nope.key", cwd=work, exe=[exe]), 1, "nope.key")
 
 
 def test_progress_without_tqdm(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""The ``enctensor`` command: keygen, encrypt, decrypt, inspect, verify.
+"""The ``enctensor`` command: keygen, pubkey, encrypt, decrypt, inspect, verify, rekey.
 
 Failures print one line, ``enctensor: error: <file>: <what went wrong> — <what to do>``, and
 exit with a code that says what kind of failure it was (see ``EXIT_*``). No traceback is
@@ -15,16 +15,22 @@ import json
 import os
 import re
 import sys
+import textwrap
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TextIO
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa, x25519
+
 from . import FORMAT_VERSION, __version__, generate_key
 from . import _api as api
-from .convert import FORMATS, decrypt_file, detect_format, encrypt_file, verify_file
-from .convert._common import InputFormatError
+from ._api import DEFAULT_CHUNK_SIZE
+from ._keys import X25519_TEXT_PREFIX, x25519_public_text
+from .convert import FORMATS, decrypt_file, detect_format, encrypt_file, rekey_file, verify_file
 from .errors import FormatError, IntegrityError, WrongKeyError
 
 EXIT_OK = 0
@@ -36,15 +42,32 @@ EXIT_FORMAT = 5
 EXIT_INTERRUPTED = 130
 
 PASSPHRASE_ENV = "ENCTENSOR_PASSPHRASE"
+NEW_PASSPHRASE_ENV = "ENCTENSOR_NEW_PASSPHRASE"
 DEBUG_ENV = "ENCTENSOR_DEBUG"
 KEY_SIZE = 32
+ED25519_TEXT_PREFIX = "ed25519:"
+RSA_BITS = (2048, 3072, 4096)
+DEFAULT_RSA_BITS = 3072
+#: Key files are small; anything larger is not one (and is not read whole).
+MAX_KEY_FILE = 1 << 20
 
 _EPILOG = """\
-exit status: 0 success, 1 I/O or other error, 2 usage error, 3 wrong key or passphrase,
-4 integrity failure (the file was modified or corrupted), 5 not a valid file of its format.
+exit status: 0 success, 1 I/O or other error, 2 usage error, 3 wrong key, identity or
+passphrase, 4 integrity failure (the file was modified or corrupted, or its publisher
+signature is missing or not by the --verify-with key), 5 not a valid file of its format.
 
 Passphrases are never taken from the command line: --passphrase reads ENCTENSOR_PASSPHRASE
-if it is set, and otherwise asks on the terminal."""
+if it is set, and otherwise asks on the terminal (--new-passphrase: ENCTENSOR_NEW_PASSPHRASE)."""
+
+_KEYS_EPILOG = """\
+Kinds of keys:
+  key file    32 random bytes (keygen FILE): encrypts and decrypts (--key-file).
+  X25519      keygen --x25519 FILE: FILE is the private identity (--identity); the public
+              recipient x25519:<hex> that it prints is what others encrypt to (--recipient).
+  RSA         keygen --rsa FILE: the same with RSA-OAEP, for HSMs and KMSes without X25519;
+              the recipient is the PEM public key (printed, or --public-out PUB).
+  Ed25519     keygen --ed25519 FILE: a publisher signing key (--sign-with FILE); the printed
+              ed25519:<hex> (or a PEM public key file) checks signatures (--verify-with)."""
 
 
 class CliError(Exception):
@@ -67,22 +90,57 @@ class CliError(Exception):
 # --- Keys and passphrases -----------------------------------------------------------------
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
+_LOWER_HEX_64 = re.compile(r"[0-9a-f]{64}")
 
 
-def read_key_file(path: str) -> bytes:
-    """A key from a file of 32 raw bytes, or of 64 hex characters (``keygen``'s format; blank
-    lines and ``#`` comment lines are ignored)."""
+def _read_small(path: str) -> bytes:
+    """A key file's bytes (at most ``MAX_KEY_FILE``; a larger file is not a key file)."""
     with open(path, "rb") as f:
-        raw = f.read(4096)
-    if len(raw) == KEY_SIZE:
-        return raw
+        data = f.read(MAX_KEY_FILE + 1)
+    if len(data) > MAX_KEY_FILE:
+        raise CliError(EXIT_USAGE, path, "too large to be a key file", "check the path")
+    return data
+
+
+def _raw_key(data: bytes) -> bytes | None:
+    """The key in a key file's bytes: 32 raw bytes, or 64 hex characters (``keygen``'s
+    format; blank lines and ``#`` comment lines are ignored)."""
+    if len(data) == KEY_SIZE:
+        return data
     try:
-        lines = [ln.strip() for ln in raw.decode("ascii").splitlines()]
+        lines = [ln.strip() for ln in data.decode("ascii").splitlines()]
     except UnicodeDecodeError:
-        lines = []
+        return None
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if len(lines) == 1 and _HEX_KEY.fullmatch(lines[0]):
         return bytes.fromhex(lines[0])
+    return None
+
+
+def _is_pem(data: bytes, kind: str) -> bool:
+    return f"{kind} KEY-----".encode() in data
+
+
+def read_key_file(path: str) -> bytes:
+    """A key from a file of 32 raw bytes, or of 64 hex characters."""
+    data = _read_small(path)
+    key = _raw_key(data)
+    if key is not None:
+        return key
+    if _is_pem(data, "PRIVATE"):
+        raise CliError(
+            EXIT_USAGE,
+            path,
+            "is a private key, not a key file",
+            "give an X25519 or RSA private key with --identity (a signing key with --sign-with)",
+        )
+    if _is_pem(data, "PUBLIC") or data.lstrip().startswith((b"x25519:", b"ed25519:")):
+        raise CliError(
+            EXIT_USAGE,
+            path,
+            "is a public key, not a key file",
+            "encrypt to a public key with --recipient (check signatures with --verify-with)",
+        )
     raise CliError(
         EXIT_USAGE,
         path,
@@ -91,45 +149,295 @@ def read_key_file(path: str) -> bytes:
     )
 
 
-def read_passphrase(confirm: bool) -> str:
-    """The passphrase from ``ENCTENSOR_PASSPHRASE``, or asked on the terminal (twice when
-    encrypting). Never read from the command line, where other users could see it."""
-    env = os.environ.get(PASSPHRASE_ENV)
+def read_private_key(path: str) -> Any:
+    """An unencrypted PEM (PKCS#8, or the traditional formats) private key file."""
+    data = _read_small(path)
+    if not _is_pem(data, "PRIVATE"):
+        if _is_pem(data, "PUBLIC") or data.lstrip().startswith((b"x25519:", b"ed25519:")):
+            raise CliError(
+                EXIT_USAGE,
+                path,
+                "is a public key, not a private key",
+                "a public key is for --recipient (or --verify-with); give the private key file here",
+            )
+        if _raw_key(data) is not None:
+            raise CliError(
+                EXIT_USAGE, path, "is a key file, not a PEM private key", "give it with --key-file instead"
+            )
+        raise CliError(
+            EXIT_USAGE,
+            path,
+            "not a PEM private key file",
+            "make one with `enctensor keygen --x25519 FILE` (or --rsa, --ed25519)",
+        )
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise CliError(
+            EXIT_USAGE,
+            path,
+            "is a password-protected private key, which enctensor cannot read",
+            "write an unprotected copy readable by you only, e.g. `openssl pkey -in KEY -out PLAIN`",
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise CliError(
+            EXIT_USAGE, path, "not a valid PEM private key (or of a kind enctensor does not know)"
+        ) from None
+
+
+def _check_rsa_size(path: str, bits: int) -> None:
+    if not RSA_BITS[0] <= bits <= RSA_BITS[-1]:
+        raise CliError(
+            EXIT_USAGE, path, f"is a {bits}-bit RSA key", "enctensor takes RSA keys of 2048 to 4096 bits"
+        )
+
+
+def _kind(key: object) -> str:
+    if isinstance(key, x25519.X25519PrivateKey | x25519.X25519PublicKey):
+        return "an X25519 key"
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return "an RSA key"
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return "an Ed25519 signing key"
+    return f"a key of another kind ({type(key).__name__.removeprefix('_')})"
+
+
+def read_identity(path: str) -> x25519.X25519PrivateKey | rsa.RSAPrivateKey:
+    """An X25519 or RSA private key file, to decrypt with."""
+    key = read_private_key(path)
+    if isinstance(key, rsa.RSAPrivateKey):
+        _check_rsa_size(path, key.key_size)
+        return key
+    if isinstance(key, x25519.X25519PrivateKey):
+        return key
+    hint = "an Ed25519 key signs files: give it to `encrypt --sign-with`" if "Ed25519" in _kind(key) else None
+    raise CliError(EXIT_USAGE, path, f"is {_kind(key)}; an identity is an X25519 or RSA private key", hint)
+
+
+def read_signing_key(path: str) -> ed25519.Ed25519PrivateKey:
+    """An Ed25519 private key file, to sign with."""
+    key = read_private_key(path)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise CliError(
+            EXIT_USAGE,
+            path,
+            f"is {_kind(key)}; --sign-with takes an Ed25519 private key",
+            "make one with `enctensor keygen --ed25519 FILE`",
+        )
+    return key
+
+
+def _shown_arg(text: str) -> str | None:
+    """How to name a command-line argument in an error: not at all if it might be a key."""
+    if len(text) > 200 or re.fullmatch(r"[0-9a-fA-F]{32,}", text.strip()):
+        return None
+    return text
+
+
+def _one_line_key(text: str, prefix: str, what: str, where: str | None) -> bytes:
+    digits = text[len(prefix) :]
+    if not _LOWER_HEX_64.fullmatch(digits):
+        raise CliError(
+            EXIT_USAGE,
+            where,
+            f"not a valid {what}: the one-line form is {prefix!r} and 64 lowercase hex digits",
+            "copy it exactly as `enctensor keygen` or `enctensor pubkey` printed it",
+        )
+    return bytes.fromhex(digits)
+
+
+def _public_key_text_or_file(text: str, option: str) -> tuple[str, str | None, object]:
+    """``(one-line text or "", file shown in errors, PEM public key or None)`` for an argument
+    that is a one-line public key or a file holding one or a PEM public key."""
+    if text.startswith((X25519_TEXT_PREFIX, ED25519_TEXT_PREFIX)):
+        return text.strip(), None, None
+    try:
+        data = _read_small(text)
+    except FileNotFoundError:
+        raise CliError(
+            EXIT_IO,
+            _shown_arg(text),
+            f"no such file (the {option} argument is a one-line public key or a PEM public key file)",
+            "check the path, or give x25519:<hex> / ed25519:<hex> as `enctensor keygen` printed it",
+        ) from None
+    stripped = data.strip()
+    if stripped.startswith((X25519_TEXT_PREFIX.encode(), ED25519_TEXT_PREFIX.encode())):
+        return stripped.decode("ascii", "replace"), text, None
+    if _is_pem(data, "PRIVATE"):
+        raise CliError(
+            EXIT_USAGE,
+            text,
+            f"is a private key; {option} takes the public key",
+            f"print the public key with `enctensor pubkey {text}`",
+        )
+    if not _is_pem(data, "PUBLIC"):
+        raise CliError(
+            EXIT_USAGE,
+            text,
+            "not a public key: expected a PEM public key or a one-line x25519:<hex> / ed25519:<hex> key",
+            "use what `enctensor keygen` printed or wrote with --public-out",
+        )
+    try:
+        return "", text, serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        raise CliError(EXIT_USAGE, text, "not a valid PEM public key") from None
+
+
+def read_recipient(text: str) -> x25519.X25519PublicKey | rsa.RSAPublicKey:
+    """``--recipient``: ``x25519:<hex>``, or a file holding that or a PEM X25519/RSA public key."""
+    line, where, key = _public_key_text_or_file(text, "--recipient")
+    if line.startswith(ED25519_TEXT_PREFIX):
+        raise CliError(
+            EXIT_USAGE,
+            where,
+            "is an Ed25519 verification key, not a recipient",
+            "recipients are X25519 (x25519:<hex>) or RSA public keys; an Ed25519 key goes to --verify-with",
+        )
+    if line:
+        return x25519.X25519PublicKey.from_public_bytes(
+            _one_line_key(line, X25519_TEXT_PREFIX, "X25519 recipient", where)
+        )
+    if isinstance(key, rsa.RSAPublicKey):
+        _check_rsa_size(text, key.key_size)
+        return key
+    if isinstance(key, x25519.X25519PublicKey):
+        return key
+    raise CliError(EXIT_USAGE, where, f"is {_kind(key)}; a recipient is an X25519 or RSA public key")
+
+
+def read_verify_key(text: str) -> ed25519.Ed25519PublicKey:
+    """``--verify-with``: ``ed25519:<hex>``, or a file holding that or a PEM Ed25519 public key."""
+    line, where, key = _public_key_text_or_file(text, "--verify-with")
+    if line.startswith(X25519_TEXT_PREFIX):
+        raise CliError(
+            EXIT_USAGE,
+            where,
+            "is an X25519 recipient, not a signature verification key",
+            "give the publisher's ed25519:<hex> key (from `enctensor keygen --ed25519`)",
+        )
+    if line:
+        return ed25519.Ed25519PublicKey.from_public_bytes(
+            _one_line_key(line, ED25519_TEXT_PREFIX, "Ed25519 public key", where)
+        )
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    raise CliError(EXIT_USAGE, where, f"is {_kind(key)}; --verify-with takes an Ed25519 public key")
+
+
+def ed25519_public_text(key: ed25519.Ed25519PublicKey) -> str:
+    """The one-line form of a signature verification key: ``ed25519:`` and 64 hex digits."""
+    return ED25519_TEXT_PREFIX + key.public_bytes_raw().hex()
+
+
+def public_text(key: object) -> str:
+    """What to hand out for a private key: its one-line form, or a PEM public key for RSA."""
+    if isinstance(key, x25519.X25519PrivateKey):
+        return x25519_public_text(key.public_key()) + "\n"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return ed25519_public_text(key.public_key()) + "\n"
+    if isinstance(key, rsa.RSAPrivateKey):
+        return (
+            key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode("ascii")
+        )
+    raise TypeError(f"no public form for {type(key).__name__}")
+
+
+def _env_or_prompt(env_name: str, prompt: str, confirm: bool) -> str:
+    env = os.environ.get(env_name)
     if env is not None:
         if not env:
-            raise CliError(EXIT_USAGE, None, f"{PASSPHRASE_ENV} is set but empty", "set it to the passphrase")
+            raise CliError(EXIT_USAGE, None, f"{env_name} is set but empty", "set it to the passphrase")
         return env
     with warnings.catch_warnings():
         # getpass falls back to reading stdin with echo on when there is no terminal: refuse.
         warnings.simplefilter("error", getpass.GetPassWarning)
         try:
-            first = getpass.getpass("Enter passphrase: ")
-            if confirm and getpass.getpass("Confirm passphrase: ") != first:
+            first = getpass.getpass(f"{prompt}: ")
+            if confirm and getpass.getpass(f"Confirm {prompt[0].lower()}{prompt[1:]}: ") != first:
                 raise CliError(EXIT_USAGE, None, "the passphrases do not match", "try again")
         except (getpass.GetPassWarning, EOFError, OSError):
             raise CliError(
                 EXIT_USAGE,
                 None,
                 "no terminal to ask for the passphrase on",
-                f"set {PASSPHRASE_ENV} instead",
+                f"set {env_name} instead",
             ) from None
     if not first:
         raise CliError(EXIT_USAGE, None, "the passphrase is empty", "type a passphrase")
     return first
 
 
-def credentials(args: argparse.Namespace, confirm: bool) -> dict[str, Any]:
-    """``key=`` or ``passphrase=`` for the converters, from ``--key-file``/``--passphrase``."""
-    if args.passphrase:
-        return {"passphrase": read_passphrase(confirm)}
-    if not args.key_file:
+def read_passphrase(confirm: bool) -> str:
+    """The passphrase from ``ENCTENSOR_PASSPHRASE``, or asked on the terminal (twice when
+    encrypting). Never read from the command line, where other users could see it."""
+    return _env_or_prompt(PASSPHRASE_ENV, "Enter passphrase", confirm)
+
+
+def read_new_passphrase() -> str:
+    """``rekey --new-passphrase``: from ``ENCTENSOR_NEW_PASSPHRASE``, or asked twice."""
+    return _env_or_prompt(NEW_PASSPHRASE_ENV, "Enter new passphrase", True)
+
+
+def write_credentials(args: argparse.Namespace) -> dict[str, Any]:
+    """``key=``, ``recipients=``, ``passphrase=`` and ``sign_with=`` for the converters."""
+    if args.passphrase and (args.key_file or args.recipient):
+        raise CliError(
+            EXIT_USAGE,
+            None,
+            "--passphrase cannot be combined with --key-file or --recipient",
+            "a passphrase must be the only way to open a file; give one or the other",
+        )
+    if not (args.passphrase or args.key_file or args.recipient):
         raise CliError(
             EXIT_USAGE,
             None,
             "no key given",
-            "use --key-file FILE (make one with `enctensor keygen`) or --passphrase",
+            "use --key-file FILE (make one with `enctensor keygen`), --recipient PUB or --passphrase",
         )
-    return {"key": [read_key_file(k) for k in args.key_file]}
+    # Every file is read (and checked) before the passphrase is asked for.
+    keys = [read_key_file(k) for k in args.key_file or ()]
+    recipients = [read_recipient(r) for r in args.recipient or ()]
+    sign_with = read_signing_key(args.sign_with) if args.sign_with else None
+    creds: dict[str, Any] = {"sign_with": sign_with}
+    if args.passphrase:
+        creds["passphrase"] = read_passphrase(confirm=True)
+    else:
+        creds["key"] = keys
+        creds["recipients"] = recipients
+    return creds
+
+
+def _current_credentials(args: argparse.Namespace) -> dict[str, Any]:
+    """``key=`` (key files and identities, tried in turn) or ``passphrase=``, from the
+    options that open an existing file; the passphrase is read last, after every file."""
+    if args.passphrase and (args.key_file or args.identity):
+        raise CliError(
+            EXIT_USAGE,
+            None,
+            "--passphrase cannot be combined with --key-file or --identity",
+            "a file that opens with a passphrase opens with nothing else; give one or the other",
+        )
+    if not (args.passphrase or args.key_file or args.identity):
+        raise CliError(
+            EXIT_USAGE,
+            None,
+            "no key given",
+            "use --key-file FILE, --identity PRIVATE_KEY or --passphrase to open the file",
+        )
+    keys: list[Any] = [read_key_file(k) for k in args.key_file or ()]
+    keys += [read_identity(i) for i in args.identity or ()]
+    return {"key": keys} if keys else {"passphrase": None}
+
+
+def credentials(args: argparse.Namespace) -> dict[str, Any]:
+    """``key=`` or ``passphrase=``, and ``verify_with=``, for the converters (decrypt, verify)."""
+    creds = _current_credentials(args)
+    creds["verify_with"] = read_verify_key(args.verify_with) if args.verify_with else None
+    if "passphrase" in creds:
+        creds["passphrase"] = read_passphrase(confirm=False)
+    return creds
 
 
 # --- Progress -----------------------------------------------------------------------------
@@ -236,24 +544,85 @@ def _size(n: float) -> str:
 # --- Commands -----------------------------------------------------------------------------
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    key = generate_key()
-    # O_EXCL: never overwrite (a lost key is lost data); 0600 from the start, not chmod later.
-    try:
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except FileExistsError:
+def _refuse_existing_key(path: str) -> None:
+    if os.path.lexists(path):
         raise CliError(
-            EXIT_IO, args.out, "already exists", "keygen never overwrites a key file; choose another name"
-        ) from None
+            EXIT_IO, path, "already exists", "keygen never overwrites a key file; choose another name"
+        )
+
+
+def _create_new(path: str, data: bytes, mode: int) -> None:
+    """Writes a new file: O_EXCL (never overwrites: a lost key is lost data), created with
+    ``mode`` from the start (not chmod-ed later), fsync-ed; removed again if writing fails."""
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(key.hex() + "\n")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    except FileExistsError:
+        _refuse_existing_key(path)
+        raise
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(args.out)
+            os.unlink(path)
         raise
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    kind: str | None = args.kind
+    if args.bits is not None and kind != "rsa":
+        raise CliError(EXIT_USAGE, None, "--bits is for RSA keys", "use it with --rsa")
+    if args.public_out is not None:
+        if kind is None:
+            raise CliError(
+                EXIT_USAGE,
+                None,
+                "a key file has no public part, so --public-out is for --x25519, --rsa and --ed25519",
+            )
+        if os.path.abspath(args.public_out) == os.path.abspath(args.out):
+            raise CliError(EXIT_USAGE, args.out, "is given both as OUT and as --public-out", "give two names")
+    _refuse_existing_key(args.out)
+    if args.public_out is not None:
+        _refuse_existing_key(args.public_out)
+
+    if kind is None:
+        _create_new(args.out, (generate_key().hex() + "\n").encode("ascii"), 0o600)
+        return EXIT_OK
+    key: Any
+    if kind == "x25519":
+        key = x25519.X25519PrivateKey.generate()
+    elif kind == "ed25519":
+        key = ed25519.Ed25519PrivateKey.generate()
+    else:
+        progress = _progress(args, f"generating an RSA-{args.bits or DEFAULT_RSA_BITS} key")
+        with progress.ticking():
+            key = rsa.generate_private_key(public_exponent=65537, key_size=args.bits or DEFAULT_RSA_BITS)
+        progress.close()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = public_text(key)
+    _create_new(args.out, pem, 0o600)
+    if args.public_out is None:
+        sys.stdout.write(public)
+        sys.stdout.flush()
+        return EXIT_OK
+    try:
+        _create_new(args.public_out, public.encode("ascii"), 0o644)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(args.out)  # ours, just made: no key pair is left half written
+        raise
+    return EXIT_OK
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    key = read_private_key(args.key)
+    if not isinstance(key, x25519.X25519PrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        raise CliError(EXIT_USAGE, args.key, f"is {_kind(key)}; enctensor uses X25519, RSA and Ed25519 keys")
+    sys.stdout.write(public_text(key))
     return EXIT_OK
 
 
@@ -271,7 +640,10 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     if fmt not in FORMATS:
         if fmt in ("enctensor", "enctensor-index"):
             raise CliError(
-                EXIT_FORMAT, args.input, "is already encrypted", "use `enctensor decrypt` to decrypt it"
+                EXIT_FORMAT,
+                args.input,
+                "is already encrypted",
+                "use `enctensor decrypt` to decrypt it, or `enctensor rekey` to change who can open it",
             )
         raise CliError(
             EXIT_FORMAT,
@@ -287,7 +659,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             "name it like model.enct.index.json; the shards are written next to it",
         )
     _refuse_existing(args.output, args.force)
-    creds = credentials(args, confirm=True)
+    creds = write_credentials(args)
     progress = _progress(args, f"encrypting {os.path.basename(args.input)}")
     try:
         encrypt_file(
@@ -304,24 +676,26 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_decrypt(args: argparse.Namespace) -> int:
-    fmt = detect_format(args.input)
+def _check_encrypted(path: str, command: str) -> str:
+    fmt = detect_format(path)
     if fmt not in ("enctensor", "enctensor-index"):
         if fmt in FORMATS:
             raise CliError(
                 EXIT_FORMAT,
-                args.input,
+                path,
                 f"is not encrypted (it looks like {_describe(fmt)})",
                 "use `enctensor encrypt` to encrypt it",
             )
         raise CliError(
-            EXIT_FORMAT,
-            args.input,
-            "not an enctensor file",
-            "decrypt takes a file made by `enctensor encrypt`",
+            EXIT_FORMAT, path, "not an enctensor file", f"{command} takes files made by `enctensor encrypt`"
         )
+    return fmt
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    _check_encrypted(args.input, "decrypt")
     _refuse_existing(args.output, args.force)
-    creds = credentials(args, confirm=False)
+    creds = credentials(args)
     progress = _progress(args, f"decrypting {os.path.basename(args.input)}")
     try:
         result = decrypt_file(
@@ -345,15 +719,48 @@ def _describe(fmt: str | None) -> str:
     }.get(fmt or "", "something else")
 
 
+_OPENS_WITH = {
+    "key": "--key-file",
+    "scrypt": "--passphrase",
+    "x25519": "--identity",
+    "rsa-oaep": "--identity",
+}
+
+
+def stanza_summary(details: list[dict[str, Any]]) -> str:
+    """``2 x25519, rsa-oaep 4096-bit, key``: a file's stanzas, grouped, in order."""
+    counts: dict[str, int] = {}
+    for st in details:
+        label = str(st.get("type"))
+        body = st.get("body")
+        if label == "rsa-oaep" and isinstance(body, str):
+            label += f" {len(body) * 4}-bit"
+        elif label == "scrypt" and "log_n" in st:
+            label += f" log_n={st['log_n']}"
+        counts[label] = counts.get(label, 0) + 1
+    return ", ".join(label if n == 1 else f"{n} {label}" for label, n in counts.items())
+
+
+def _opens_with(details: list[dict[str, Any]]) -> str:
+    options = dict.fromkeys(_OPENS_WITH[t] for t in (s.get("type") for s in details) if t in _OPENS_WITH)
+    return " or ".join(options)
+
+
 def _human_inspect(path: str, info: dict[str, Any], out: TextIO) -> None:
     tensors = info["tensors"]
     total = sum(t["nbytes"] for t in tensors)
     enc = sum(1 for t in tensors if t["encrypted"])
+    details = info.get("stanza_details") or [{"type": t} for t in info["stanzas"]]
     out.write(f"{path}: enctensor v{info['format_version']}, {_size(info['file_size'])}\n")
     out.write(f"  chunk size  {_size(info['chunk_size'])}\n")
-    out.write(f"  stanzas     {', '.join(info['stanzas'])}\n")
+    opens = _opens_with(details)
+    out.write(f"  stanzas     {stanza_summary(details)}" + (f" (open with {opens})" if opens else "") + "\n")
     if "signed" in info:
-        out.write(f"  signed      {'yes' if info['signed'] else 'no'}\n")
+        out.write(
+            "  signed      "
+            + ("yes, Ed25519 (check it with --verify-with PUBLISHER_KEY)" if info["signed"] else "no")
+            + "\n"
+        )
     if info["metadata"]:
         out.write("  metadata\n")
         width = max(len(k) for k in info["metadata"])
@@ -403,12 +810,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    fmt = detect_format(args.file)
-    if fmt not in ("enctensor", "enctensor-index"):
-        raise CliError(
-            EXIT_FORMAT, args.file, "not an enctensor file", "verify checks files made by `enctensor encrypt`"
-        )
-    creds = credentials(args, confirm=False)
+    _check_encrypted(args.file, "verify")
+    creds = credentials(args)
     progress = _progress(args, f"verifying {os.path.basename(args.file)}")
     try:
         with progress.ticking():
@@ -416,7 +819,53 @@ def cmd_verify(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if not args.quiet:
-        print(f"{args.file}: OK ({tensors} tensors, {_size(nbytes)}, every chunk verified)")
+        signed = ", publisher signature valid" if creds.get("verify_with") is not None else ""
+        print(f"{args.file}: OK ({tensors} tensors, {_size(nbytes)}, every chunk verified{signed})")
+    return EXIT_OK
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    _check_encrypted(args.file, "rekey")
+    # Every usage error before any file is read or any passphrase asked for.
+    if args.new_passphrase and (args.new_key_file or args.new_recipient):
+        raise CliError(
+            EXIT_USAGE,
+            None,
+            "--new-passphrase cannot be combined with --new-key-file or --new-recipient",
+            "a passphrase must be the only way to open a file; give one or the other",
+        )
+    if not (args.new_passphrase or args.new_key_file or args.new_recipient):
+        raise CliError(
+            EXIT_USAGE,
+            None,
+            "nothing to re-key to",
+            "give --new-key-file FILE, --new-recipient PUB (each may be repeated) or --new-passphrase",
+        )
+    current = _current_credentials(args)
+    new_keys = [read_key_file(k) for k in args.new_key_file or ()]
+    new_recipients = [read_recipient(r) for r in args.new_recipient or ()]
+    if "passphrase" in current:
+        current["passphrase"] = read_passphrase(confirm=False)
+    new_passphrase = read_new_passphrase() if args.new_passphrase else None
+
+    def report(path: Any, how: str) -> None:
+        if not args.quiet:
+            what = (
+                "re-keyed in place (one page rewritten)"
+                if how == "in-place"
+                else "re-keyed, rewritten (the new stanzas did not fit in the first page; tensor bytes copied)"
+            )
+            print(f"{path}: {what}", flush=True)
+
+    rekey_file(
+        args.file,
+        new_keys=new_keys,
+        new_recipients=new_recipients,
+        new_passphrase=new_passphrase,
+        scrypt_log_n=args.scrypt_log_n,
+        on_done=report,
+        **current,
+    )
     return EXIT_OK
 
 
@@ -433,6 +882,11 @@ def _chunk_size(text: str) -> int:
     return n
 
 
+def _size_arg(n: int) -> str:
+    """``256K``, ``1M``: a chunk size as --chunk-size takes it."""
+    return f"{n >> 20}M" if n % (1 << 20) == 0 else f"{n >> 10}K" if n % 1024 == 0 else str(n)
+
+
 def _log_n(text: str) -> int:
     try:
         n = int(text)
@@ -443,22 +897,55 @@ def _log_n(text: str) -> int:
     return n
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Wraps one-line paragraphs of descriptions and epilogs to the terminal; keeps paragraphs
+    that are laid out by hand (several lines: examples, lists) as they are."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = text.split("\n\n")
+        return "\n\n".join(
+            textwrap.fill(
+                p,
+                width,
+                initial_indent=indent,
+                subsequent_indent=indent,
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+            if "\n" not in p
+            else "\n".join(indent + line for line in p.splitlines())
+            for p in paragraphs
+        )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its one-line error in the same style as the rest (exit status 2)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"enctensor: error: {message} — see `{self.prog} --help`\n")
 
 
-def _add_key_options(p: argparse.ArgumentParser, many: str) -> None:
-    g = p.add_mutually_exclusive_group()
+def _add_open_options(p: argparse.ArgumentParser, verify: bool = True) -> None:
+    """How to open an existing file: key files and identities (tried in turn), or a passphrase."""
+    g = p.add_argument_group("opening the file (give key files and identities, or --passphrase)")
     g.add_argument(
         "-k",
         "--key-file",
         action="append",
         metavar="FILE",
-        help=f"a key file (32 raw bytes or 64 hex characters, as `keygen` writes); {many}",
+        help="a key file (32 raw bytes or 64 hex characters, as `keygen FILE` writes); repeat to try each",
+    )
+    g.add_argument(
+        "-i",
+        "--identity",
+        action="append",
+        metavar="PRIVATE_KEY",
+        help="an X25519 or RSA private key file (PEM, as `keygen --x25519/--rsa` writes); repeat to try each",
     )
     g.add_argument(
         "-p",
@@ -466,14 +953,31 @@ def _add_key_options(p: argparse.ArgumentParser, many: str) -> None:
         action="store_true",
         help=f"use a passphrase: from ${PASSPHRASE_ENV} if set, else asked on the terminal",
     )
+    if verify:
+        g.add_argument(
+            "--verify-with",
+            metavar="PUBLISHER_KEY",
+            help="require a valid publisher signature by this Ed25519 key: ed25519:<hex> as `keygen"
+            " --ed25519` prints it, or a file holding that or a PEM public key (exit status 4 if the"
+            " file is unsigned or signed by another key)",
+        )
+
+
+def _scrypt_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--scrypt-log-n",
+        type=_log_n,
+        default=18,
+        metavar="N",
+        help=f"{what} work factor 2^N, 10..20 (default 18; lower is faster to open and to guess)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="enctensor",
-        description="Encrypt, decrypt, inspect and verify enctensor files, and make keys.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Encrypt, decrypt, inspect, verify and re-key enctensor files, and make keys.",
+        epilog=_EPILOG + "\n\n" + _KEYS_EPILOG,
     )
     parser.add_argument(
         "--version", action="version", version=f"enctensor {__version__} (format v{FORMAT_VERSION})"
@@ -482,12 +986,65 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "keygen",
-        help="make a new random key file",
-        description="Write a new random 32-byte key to OUT as 64 hex characters, readable by you only"
-        " (mode 0600). Never overwrites a file.",
+        help="make a new key file, X25519 or RSA key pair, or Ed25519 signing key",
+        description="Make a new key, readable by you only (mode 0600), in OUT. Never overwrites a file."
+        "\n\nWithout an option, OUT gets a random 32-byte key (64 hex characters), for --key-file."
+        " With --x25519 or --rsa, OUT gets a private key (PEM, PKCS#8), for --identity, and its public"
+        " key is printed on stdout: the recipient that others encrypt to (--recipient). With --ed25519,"
+        " OUT gets a publisher signing key (--sign-with) and the printed ed25519:<hex> checks the"
+        " signatures (--verify-with).",
+        epilog="examples:\n"
+        "  enctensor keygen model.key\n"
+        "  enctensor keygen --x25519 me.pem > me.pub        # me.pub: x25519:<hex>\n"
+        "  enctensor keygen --rsa --bits 4096 kms.pem --public-out kms.pub.pem\n"
+        "  enctensor keygen --ed25519 publisher.pem > publisher.pub\n\n" + _KEYS_EPILOG,
     )
     p.add_argument("out", metavar="OUT", help="the key file to create")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--x25519",
+        dest="kind",
+        action="store_const",
+        const="x25519",
+        help="an X25519 private key; prints the recipient x25519:<hex>",
+    )
+    kind.add_argument(
+        "--rsa",
+        dest="kind",
+        action="store_const",
+        const="rsa",
+        help="an RSA private key; prints the PEM public key",
+    )
+    kind.add_argument(
+        "--ed25519",
+        dest="kind",
+        action="store_const",
+        const="ed25519",
+        help="an Ed25519 publisher signing key; prints the verification key ed25519:<hex>",
+    )
+    p.add_argument(
+        "--bits",
+        type=int,
+        choices=RSA_BITS,
+        help=f"the RSA modulus size (default {DEFAULT_RSA_BITS})",
+    )
+    p.add_argument(
+        "--public-out",
+        metavar="FILE",
+        help="write the public key to FILE (never overwritten) instead of printing it",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(run=cmd_keygen)
+
+    p = sub.add_parser(
+        "pubkey",
+        help="print the public key of a private key file",
+        description="Print the public key of the private key file KEY: x25519:<hex> for an X25519 key"
+        " (the recipient), ed25519:<hex> for an Ed25519 signing key (the verification key), the PEM"
+        " public key for RSA.",
+    )
+    p.add_argument("key", metavar="KEY", help="a PEM private key file")
+    p.set_defaults(run=cmd_pubkey)
 
     common = _Parser(add_help=False)
     common.add_argument("-f", "--force", action="store_true", help="overwrite OUT (and shards) if they exist")
@@ -500,27 +1057,54 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encrypt IN to the enctensor file OUT. The format of IN is detected from its content:"
         " a .safetensors file, a TVM .params file, or a Hugging Face sharded checkpoint given by its"
         " *.index.json (then OUT is the encrypted index, e.g. model.enct.index.json, and the encrypted"
-        " shards, X.enct for X.safetensors, are written next to it).",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        " shards, X.enct for X.safetensors, are written next to it; each shard gets the same recipients"
+        " and its own signature).\n\nWhoever holds any of the keys given opens OUT: key files and"
+        " recipients can be combined and repeated; a passphrase must be the only way in.",
+        epilog="examples:\n"
+        "  enctensor encrypt model.safetensors model.enct -k model.key\n"
+        "  enctensor encrypt model.safetensors model.enct -r x25519:<hex> -r kms.pub.pem\n"
+        "  enctensor encrypt model.params model.enct -r alice.pub --sign-with publisher.pem\n"
+        "  ENCTENSOR_PASSPHRASE=... enctensor encrypt model.safetensors model.enct --passphrase\n\n"
+        + _EPILOG,
     )
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT")
-    _add_key_options(p, "give it several times to let any of the keys open the file")
+    g = p.add_argument_group("who can open OUT (key files and recipients, or --passphrase)")
+    g.add_argument(
+        "-k",
+        "--key-file",
+        action="append",
+        metavar="FILE",
+        help="a key file (32 raw bytes or 64 hex characters, as `keygen FILE` writes); repeatable",
+    )
+    g.add_argument(
+        "-r",
+        "--recipient",
+        action="append",
+        metavar="PUB",
+        help="an X25519 or RSA public key: x25519:<hex> as `keygen --x25519` prints it, or a file"
+        " holding that or a PEM public key; repeatable",
+    )
+    g.add_argument(
+        "-p",
+        "--passphrase",
+        action="store_true",
+        help=f"use a passphrase: from ${PASSPHRASE_ENV} if set, else asked twice on the terminal",
+    )
+    p.add_argument(
+        "-s",
+        "--sign-with",
+        metavar="PRIVATE_KEY",
+        help="sign OUT (every shard) with this Ed25519 private key file (`keygen --ed25519`)",
+    )
     p.add_argument(
         "--chunk-size",
         type=_chunk_size,
-        default=1 << 20,
+        default=DEFAULT_CHUNK_SIZE,
         metavar="SIZE",
-        help="bytes per authenticated chunk (default 1M)",
+        help=f"bytes per authenticated chunk, a power of two from 4K to 64M (default {_size_arg(DEFAULT_CHUNK_SIZE)})",
     )
-    p.add_argument(
-        "--scrypt-log-n",
-        type=_log_n,
-        default=18,
-        metavar="N",
-        help="passphrase work factor 2^N, 10..20 (default 18; lower is faster to open and to guess)",
-    )
+    _scrypt_option(p, "passphrase")
     p.set_defaults(run=cmd_encrypt)
 
     p = sub.add_parser(
@@ -530,20 +1114,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decrypt the enctensor file (or encrypted sharded index) IN to OUT, verifying every"
         " byte. The output format comes from --format, else from OUT's extension (.safetensors, .params,"
         " .json for an index), else from what IN was converted from, else safetensors.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  enctensor decrypt model.enct model.safetensors -k model.key\n"
+        "  enctensor decrypt model.enct model.params -i me.pem --verify-with ed25519:<hex>\n\n" + _EPILOG,
     )
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT")
-    _add_key_options(p, "give it several times to try each key")
+    _add_open_options(p)
     p.add_argument("--format", choices=FORMATS, help="the output format")
     p.set_defaults(run=cmd_decrypt)
 
     p = sub.add_parser(
         "inspect",
-        help="show the tensors, metadata and key stanzas of a file (no key needed)",
-        description="Show the header of an enctensor file: tensors, metadata, stanza types, chunk size."
-        " Needs no key, so nothing shown is authenticated.",
+        help="show the tensors, metadata, key stanzas and signature of a file (no key needed)",
+        description="Show the header of an enctensor file: tensors, metadata, stanza types (who can"
+        " open it), whether it is signed, chunk size. Needs no key, so nothing shown is authenticated.",
     )
     p.add_argument("file", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -551,16 +1136,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "verify",
-        help="check every authentication tag of a file",
+        help="check every authentication tag (and the signature) of a file",
         description="Check the header MAC and every chunk tag of FILE (or of every shard of an encrypted"
-        " index) without writing any plaintext.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        " index) without writing any plaintext; with --verify-with, also the publisher signature.",
+        epilog="example:\n  enctensor verify model.enct -i me.pem --verify-with publisher.pub\n\n" + _EPILOG,
     )
     p.add_argument("file", metavar="FILE")
-    _add_key_options(p, "give it several times to try each key")
+    _add_open_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=cmd_verify)
+
+    p = sub.add_parser(
+        "rekey",
+        help="change who can open a file (or every shard of a checkpoint), in place",
+        description="Replace the key stanzas of FILE (or of every shard of an encrypted index): opened"
+        " with a current key file, identity or passphrase, it will open with the new key files,"
+        " recipients or passphrase only. Tensor bytes, header, MAC and signature are untouched: usually"
+        " one single-page write in place; when the new stanzas do not fit, the file is rewritten"
+        " atomically. Prints which, for each file.\n\nRe-keying keeps the file key: whoever could read"
+        " the file and kept its file key still can. To revoke access, decrypt and encrypt again.",
+        epilog="examples:\n"
+        "  enctensor rekey model.enct -k old.key --new-key-file new.key\n"
+        "  enctensor rekey model.enct.index.json -i me.pem --new-recipient me.pub -r alice.pub\n"
+        "  ENCTENSOR_PASSPHRASE=old ENCTENSOR_NEW_PASSPHRASE=new enctensor rekey m.enct -p"
+        " --new-passphrase\n\n" + _EPILOG,
+    )
+    p.add_argument("file", metavar="FILE", help="an enctensor file or encrypted sharded checkpoint index")
+    _add_open_options(p, verify=False)
+    g = p.add_argument_group("who can open it afterwards (new key files and recipients, or --new-passphrase)")
+    g.add_argument(
+        "--new-key-file",
+        action="append",
+        metavar="FILE",
+        help="a key file; repeatable",
+    )
+    g.add_argument(
+        "-r",
+        "--new-recipient",
+        action="append",
+        metavar="PUB",
+        help="an X25519 or RSA public key (x25519:<hex> or a file holding that or a PEM public key); repeatable",
+    )
+    g.add_argument(
+        "--new-passphrase",
+        action="store_true",
+        help=f"a new passphrase: from ${NEW_PASSPHRASE_ENV} if set, else asked twice on the terminal",
+    )
+    _scrypt_option(p, "new passphrase")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=cmd_rekey)
     return parser
 
 
@@ -590,35 +1214,63 @@ _OS_HINTS = {
 }
 
 
+def _stanza_hint(path: str | None) -> str:
+    """`` (its stanzas: 2 x25519, key; open it with --identity or --key-file)``, from the
+    unauthenticated header, or nothing if it cannot be read."""
+    if not path:
+        return ""
+    try:
+        details = api.inspect(path)["stanza_details"]
+    except (OSError, ValueError):
+        return ""
+    opens = _opens_with(details)
+    return f" (its stanzas: {stanza_summary(details)}" + (f"; open it with {opens})" if opens else ")")
+
+
+def _integrity_hint(e: IntegrityError) -> str:
+    msg = str(e)
+    if "signature" in msg or "not signed" in msg:
+        return "check that --verify-with is this publisher's key; otherwise do not use the file"
+    return "do not use it; get an intact copy"
+
+
 def classify(e: BaseException, default_file: str | None) -> CliError:
     """The one-line report and exit status for an exception."""
     if isinstance(e, CliError):
         return e
     path = getattr(e, "enctensor_path", None) or default_file
+    failure = _classify(e, path)
+    rekeyed = getattr(e, "rekeyed", None)
+    if rekeyed:
+        failure.hint = (
+            f"{len(rekeyed)} file(s) listed above were already re-keyed and now open with the new"
+            " credentials only; the others were not changed"
+        )
+    return failure
+
+
+def _classify(e: BaseException, path: str | None) -> CliError:
     if isinstance(e, WrongKeyError):
         return CliError(
             EXIT_WRONG_KEY,
             path,
             _strip_path(str(e), path),
-            "check that the key file (or passphrase) is one this file was encrypted to",
+            "check that the key file, identity or passphrase is one this file was encrypted to"
+            + _stanza_hint(path),
         )
     if isinstance(e, IntegrityError):
-        return CliError(EXIT_INTEGRITY, path, _strip_path(str(e), path), "do not use it; get an intact copy")
-    if isinstance(e, InputFormatError):
-        return CliError(EXIT_FORMAT, path, _strip_path(str(e), path), "check that it is the file you meant")
-    if isinstance(e, FormatError):
+        return CliError(EXIT_INTEGRITY, path, _strip_path(str(e), path), _integrity_hint(e))
+    if isinstance(e, FormatError):  # and InputFormatError, a subclass
         return CliError(EXIT_FORMAT, path, _strip_path(str(e), path), "check that it is the file you meant")
     if isinstance(e, OSError):
-        code = e.errno
-        if code is None:  # from Rust: "<what>: <strerror> (os error N)"
-            m = re.search(r"\(os error (\d+)\)", str(e))
-            code = int(m.group(1)) if m else None
         if e.filename is not None:
             what = e.strerror or str(e)
             path = os.fsdecode(e.filename)
         else:
-            what = _strip_path(str(e), path)
-        hint = _OS_HINTS.get(code or -1)
+            # From Rust: OSError(errno, "<what>: <strerror> (os error N)").
+            what = e.strerror if e.strerror else str(e)
+            what = _strip_path(re.sub(r" \(os error \d+\)$", "", what), path)
+        hint = _OS_HINTS.get(e.errno or -1)
         if isinstance(e, FileExistsError) and e.strerror == "already exists":
             hint = "use --force to overwrite it"
         return CliError(EXIT_IO, path, what[:1].lower() + what[1:] if what else str(e), hint)
@@ -636,11 +1288,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
-    default_file = getattr(args, "input", None) or getattr(args, "file", None) or getattr(args, "out", None)
+    default_file = (
+        getattr(args, "input", None)
+        or getattr(args, "file", None)
+        or getattr(args, "out", None)
+        or getattr(args, "key", None)
+    )
     try:
         return run(args)
     except KeyboardInterrupt:
-        print("\nenctensor: interrupted (no output was written)", file=sys.stderr)
+        if args.command == "rekey":
+            done = "the files reported above were re-keyed; the others were not changed"
+        else:
+            done = "no output was written"
+        print(f"\nenctensor: interrupted ({done})", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `enctensor inspect x | head`: stop quietly; keep Python from complaining at exit.
@@ -656,4 +1317,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return failure.code
 
 
-__all__ = ["EXIT_FORMAT", "EXIT_INTEGRITY", "EXIT_IO", "EXIT_OK", "EXIT_USAGE", "EXIT_WRONG_KEY", "main"]
+__all__ = [
+    "EXIT_FORMAT",
+    "EXIT_INTEGRITY",
+    "EXIT_IO",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EXIT_WRONG_KEY",
+    "NEW_PASSPHRASE_ENV",
+    "PASSPHRASE_ENV",
+    "main",
+]

@@ -19,24 +19,32 @@ Example::
     key = enctensor.generate_key()
     encrypt_file("model.safetensors", "model.enct", key=key)
     decrypt_file("model.enct", "model.safetensors", key=key)
+
+    # To public-key recipients, signed by the publisher; every shard of a sharded checkpoint
+    # gets the same recipients and its own signature.
+    encrypt_file("model.safetensors", "model.enct", recipients=["x25519:..."], sign_with=ed25519_key)
+    decrypt_file("model.enct", "model.safetensors", key=x25519_identity, verify_with=ed25519_pub)
+    rekey_file("model.enct", key=x25519_identity, new_recipients=[...])
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import _core
+from .._api import DEFAULT_CHUNK_SIZE, DEFAULT_SCRYPT_LOG_N
 from .._api import inspect as _inspect
+from .._keys import check_keys, check_passphrase, recipient_kwargs
 from . import safetensors as _st
 from . import sharded as _sharded
 from . import tvm_params as _tvm
 from ._common import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_SCRYPT_LOG_N,
     ENCT_MAGIC,
     InputFormatError,
     Meter,
@@ -57,6 +65,7 @@ __all__ = [
     "detect_format",
     "encrypt_file",
     "output_format",
+    "rekey_file",
     "verify_file",
 ]
 
@@ -143,6 +152,8 @@ def encrypt_file(
     *,
     key: bytes | Iterable[bytes] | None = None,
     passphrase: str | None = None,
+    recipients: Iterable[Any] = (),
+    sign_with: Any = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
     overwrite: bool = False,
@@ -152,11 +163,14 @@ def encrypt_file(
     by its index JSON, whose encrypted counterpart is written to ``dst``, with the shards
     next to it), detected from the content of ``src``.
 
-    ``key`` is 32 bytes, or several keys any of which will open the output; ``passphrase``
-    derives a key with scrypt (work factor ``2**scrypt_log_n``) instead. An existing
-    output is refused with :class:`FileExistsError` unless ``overwrite``.
+    Whoever holds any of these opens the output: ``key``, 32 bytes (or several keys);
+    ``recipients``, X25519 or RSA public keys (objects, PEM files or ``x25519:<hex>`` texts,
+    as :func:`enctensor.save` takes them). ``passphrase`` derives a key with scrypt (work
+    factor ``2**scrypt_log_n``) instead, and must then be the only way in. ``sign_with`` (an
+    Ed25519 private key) signs every output file. An existing output is refused with
+    :class:`FileExistsError` unless ``overwrite``.
     """
-    secret = Secret.for_writing(key, passphrase)
+    secret = Secret.for_writing(key, passphrase, recipients, sign_with)
     fmt = detect_format(src)
     if fmt not in FORMATS:
         raise _not_a(src, fmt, "a safetensors file, TVM .params file or sharded checkpoint index")
@@ -202,6 +216,7 @@ def decrypt_file(
     *,
     key: Any = None,
     passphrase: str | None = None,
+    verify_with: Any = None,
     format: str | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
@@ -209,8 +224,10 @@ def decrypt_file(
     """Decrypts an enctensor file (or an encrypted sharded checkpoint index and its shards)
     to ``dst`` in the format chosen by :func:`output_format`. Every byte is verified before
     it is written; on any failure no output is left behind. ``key`` is anything
-    :func:`enctensor.load` takes as a key, or a list of those, tried in turn."""
-    secret = Secret.for_reading(key, passphrase)
+    :func:`enctensor.load` takes as a key (except a key provider), or a list of those, tried
+    in turn. ``verify_with`` (an Ed25519 public key) requires every file to carry a valid
+    signature by its holder (:class:`~enctensor.IntegrityError` otherwise)."""
+    secret = Secret.for_reading(key, passphrase, verify_with)
     src_fmt = detect_format(src)
     if src_fmt not in ("enctensor", "enctensor-index"):
         raise _not_a(src, src_fmt, "an enctensor file or encrypted checkpoint index")
@@ -243,12 +260,15 @@ def decrypt_file(
     return Conversion(src_fmt, fmt, outputs, tensors, nbytes, dropped)
 
 
-def verify_file(src: PathLike, *, key: Any = None, passphrase: str | None = None) -> tuple[int, int]:
+def verify_file(
+    src: PathLike, *, key: Any = None, passphrase: str | None = None, verify_with: Any = None
+) -> tuple[int, int]:
     """Verifies every chunk tag of an enctensor file (or of every shard of an encrypted
-    index) without keeping any plaintext; returns (tensors, bytes). Raises
+    index) without keeping any plaintext, and with ``verify_with`` (an Ed25519 public key)
+    the publisher signature of each; returns (tensors, bytes). Raises
     :class:`~enctensor.WrongKeyError`, :class:`~enctensor.IntegrityError` or
     :class:`~enctensor.FormatError`."""
-    secret = Secret.for_reading(key, passphrase)
+    secret = Secret.for_reading(key, passphrase, verify_with)
     fmt = detect_format(src)
     if fmt == "enctensor-index":
         return _sharded.verify(src, secret)
@@ -259,3 +279,82 @@ def verify_file(src: PathLike, *, key: Any = None, passphrase: str | None = None
         reader.verify()
     rows = reader.tensors()
     return len(rows), sum(r[4] for r in rows)
+
+
+def rekey_file(
+    path: PathLike,
+    *,
+    key: Any = None,
+    passphrase: str | None = None,
+    new_keys: Iterable[bytes] = (),
+    new_recipients: Iterable[Any] = (),
+    new_passphrase: str | None = None,
+    scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
+    on_done: Callable[[Path, str], None] | None = None,
+) -> list[tuple[Path, str]]:
+    """Replaces who can open an enctensor file, or every shard of an encrypted sharded
+    checkpoint index, as :func:`enctensor.rekey` does; returns ``(file, "in-place" |
+    "rewritten")`` for each file, and calls ``on_done`` with the same as each is done.
+
+    ``key`` is anything :func:`enctensor.load` takes as a key (except a key provider), or a
+    list of those, tried in turn for each file. For an index, every shard is first opened
+    (and authenticated) with the current credentials, so that a wrong key changes nothing.
+    A failure after that (I/O) leaves the shards before it re-keyed; the exception then has
+    ``rekeyed``, the list of those files.
+    """
+    secret = Secret.for_reading(key, passphrase)
+    new = _new_stanzas(new_keys, new_recipients, new_passphrase, scrypt_log_n)
+    fmt = detect_format(path)
+    if fmt == "enctensor":
+        files = [Path(path)]
+    elif fmt == "enctensor-index":
+        index = _sharded.read_index(path)
+        files = [index.shard_path(shard) for shard in index.shards]
+    else:
+        raise _not_a(path, fmt, "an enctensor file or encrypted checkpoint index")
+
+    def rekey_with(f: Path) -> Callable[[dict[str, Any]], str]:
+        return lambda cred: _core.rekey(os.fspath(f), **cred, **new)
+
+    # For an index: which credential opens which shard, before any shard is changed.
+    creds = [secret.open_credential(f) for f in files] if fmt == "enctensor-index" else None
+    done: list[tuple[Path, str]] = []
+    try:
+        for i, f in enumerate(files):
+            if creds is None:
+                how, _ = secret.attempt(f, rekey_with(f))
+            else:
+                with about(f):
+                    how = rekey_with(f)(creds[i])
+            done.append((f, how))
+            if on_done is not None:
+                on_done(f, how)
+    except BaseException as e:
+        if done:
+            with contextlib.suppress(AttributeError, TypeError):
+                e.rekeyed = [f for f, _ in done]  # type: ignore[attr-defined]
+        raise
+    return done
+
+
+def _new_stanzas(
+    new_keys: Iterable[bytes], new_recipients: Iterable[Any], new_passphrase: object, scrypt_log_n: int
+) -> dict[str, Any]:
+    """The new-credential arguments of ``_core.rekey``, checked (and any PEM file read) once."""
+    keys = check_keys(list(new_keys))
+    public = recipient_kwargs(new_recipients)
+    p = check_passphrase(new_passphrase)
+    if p is not None and (keys or public["x25519"] or public["rsa_spki"]):
+        raise ValueError(
+            "a passphrase must be the only way to open a file: give either a new passphrase, or new keys"
+            " and recipients"
+        )
+    if p is None and not keys and not public["x25519"] and not public["rsa_spki"]:
+        raise ValueError("rekey needs at least one new key, recipient or passphrase")
+    return {
+        "new_keys": keys,
+        "new_passphrase": p,
+        "new_x25519": public["x25519"],
+        "new_rsa_spki": public["rsa_spki"],
+        "log_n": scrypt_log_n,
+    }

@@ -14,23 +14,22 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO, Self, TypeVar
 
 import numpy as np
 
 from .. import _core
 from .._alloc import aligned_empty
-from .._keys import check_keys, check_passphrase, opener
+from .._keys import check_keys, check_passphrase, opener, recipient_kwargs, sign_seed, verify_bytes
 from ..errors import FormatError, WrongKeyError
 
 PathLike = str | os.PathLike[str]
+T = TypeVar("T")
 
 #: ``progress(done, total)``: bytes of tensor data converted so far, out of ``total``. It may
 #: be called from another thread than the caller's.
 ProgressCallback = Callable[[int, int], None]
 
-DEFAULT_CHUNK_SIZE = 1 << 20
-DEFAULT_SCRYPT_LOG_N = 18
 
 #: Plaintext decrypted per step when writing a plaintext file: bounds the converter's memory.
 #: Each step decrypts several chunks in parallel, so it should span a few chunks.
@@ -68,48 +67,104 @@ def about(path: PathLike) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Secret:
-    """What to encrypt to, or what to try when decrypting: keys, or one passphrase."""
+    """What to encrypt to (and sign with), or what to try when decrypting (and the publisher
+    key to require a signature from). Its repr never shows key material."""
 
-    keys: tuple[Any, ...] = ()
-    passphrase: str | None = None
-
-    @classmethod
-    def for_writing(cls, key: object = None, passphrase: object = None) -> Secret:
-        """From ``key=`` (32 bytes, or several such keys) or ``passphrase=``."""
-        return cls._of(tuple(check_keys(key)), passphrase)
-
-    @classmethod
-    def for_reading(cls, key: object = None, passphrase: object = None) -> Secret:
-        """From ``key=`` (anything :func:`enctensor.load` takes as a key, or a list or tuple
-        of those, tried in turn) or ``passphrase=``."""
-        keys = tuple(key) if isinstance(key, list | tuple) else (() if key is None else (key,))
-        return cls._of(keys, passphrase)
+    #: Writing: raw 32-byte keys. Reading: the ``_core.Reader`` keyword arguments of each
+    #: credential to try, in turn (raw keys and identities, already loaded).
+    keys: tuple[Any, ...] = field(default=(), repr=False)
+    passphrase: str | None = field(default=None, repr=False)
+    #: Writing: raw X25519 public keys and DER RSA public keys of the recipients.
+    x25519: tuple[bytes, ...] = ()
+    rsa_spki: tuple[bytes, ...] = ()
+    #: Writing: the Ed25519 seed to sign every output with.
+    sign_seed: bytes | None = field(default=None, repr=False)
+    #: Reading: the Ed25519 public key whose valid signature is required.
+    verify_key: bytes | None = None
 
     @classmethod
-    def _of(cls, keys: tuple[Any, ...], passphrase: object) -> Secret:
+    def for_writing(
+        cls, key: object = None, passphrase: object = None, recipients: object = (), sign_with: object = None
+    ) -> Secret:
+        """From ``key=`` (32 bytes, or several such keys), ``recipients=`` (X25519 or RSA
+        public keys, PEM files or ``x25519:<hex>`` texts) and ``passphrase=`` (which must be
+        the only way in), plus ``sign_with=`` (an Ed25519 private key), as :func:`enctensor.save`."""
+        keys = tuple(check_keys(key))
+        public = recipient_kwargs(() if recipients is None else recipients)  # type: ignore[arg-type]
         p = check_passphrase(passphrase)
-        if keys and p is not None:
+        if p is not None and (keys or public["x25519"] or public["rsa_spki"]):
+            raise ValueError(
+                "a passphrase must be the only way to open a file: give either a passphrase, or keys"
+                " and recipients"
+            )
+        if p is None and not keys and not public["x25519"] and not public["rsa_spki"]:
+            raise ValueError("give a key (32 bytes), recipients or a passphrase to encrypt to")
+        return cls(keys, p, tuple(public["x25519"]), tuple(public["rsa_spki"]), sign_seed(sign_with))
+
+    @classmethod
+    def for_reading(cls, key: object = None, passphrase: object = None, verify_with: object = None) -> Secret:
+        """From ``key=`` (anything :func:`enctensor.load` takes as a key except a key provider,
+        or a list or tuple of those, tried in turn) or ``passphrase=``, plus ``verify_with=``
+        (an Ed25519 public key)."""
+        given = tuple(key) if isinstance(key, list | tuple) else (() if key is None else (key,))
+        p = check_passphrase(passphrase)
+        if given and p is not None:
             raise ValueError("give either a key or a passphrase, not both")
-        if not keys and p is None:
-            raise ValueError("give a key (32 bytes) or a passphrase")
-        return cls(keys, p)
+        if not given and p is None:
+            raise ValueError("give a key or a passphrase")
+        # Loaded once (a PEM path is read here, not for every shard).
+        creds = tuple(opener(k, None) for k in given)
+        return cls(creds, p, verify_key=verify_bytes(verify_with))
 
     def write_args(self) -> dict[str, Any]:
-        return {"keys": list(self.keys), "passphrase": self.passphrase}
+        return {
+            "keys": list(self.keys),
+            "passphrase": self.passphrase,
+            "x25519": list(self.x25519),
+            "rsa_spki": list(self.rsa_spki),
+            "sign_seed": self.sign_seed,
+        }
 
-    def open(self, path: PathLike) -> _core.Reader:
-        """Opens and authenticates ``path`` with the first key that opens it."""
+    def credentials(self) -> list[dict[str, Any]]:
+        """The ``_core.Reader`` keyword arguments of each credential to try, in turn."""
+        if self.passphrase is not None:
+            return [{"passphrase": self.passphrase}]
+        return list(self.keys)
+
+    def attempt(self, path: PathLike, fn: Callable[[dict[str, Any]], T]) -> tuple[T, dict[str, Any]]:
+        """``fn(credential)`` with each credential in turn until one is not refused with
+        :class:`WrongKeyError`; returns its result and the credential. When several were
+        given and none opens ``path``, the error says so."""
+        creds = self.credentials()
+        last: WrongKeyError | None = None
         with about(path):
-            if self.passphrase is not None:
-                return _core.Reader(os.fspath(path), **opener(None, self.passphrase))
-            last: WrongKeyError | None = None
-            for k in self.keys:
+            for cred in creds:
                 try:
-                    return _core.Reader(os.fspath(path), **opener(k, None))
+                    return fn(cred), cred
                 except WrongKeyError as e:
                     last = e
             assert last is not None
-            raise last
+            if len(creds) == 1:
+                raise last
+            raise WrongKeyError(
+                f"{path}: no key opens this file: none of the {len(creds)} keys and identities given"
+                " matches any of its stanzas"
+            ) from None
+
+    def open_credential(self, path: PathLike) -> dict[str, Any]:
+        """The first credential that opens (and authenticates) ``path``."""
+        p = os.fspath(path)
+        return self.attempt(path, lambda cred: _core.Reader(p, **cred))[1]
+
+    def open(self, path: PathLike) -> _core.Reader:
+        """Opens and authenticates ``path`` with the first credential that opens it (and
+        checks its signature, if a verification key was given)."""
+        p = os.fspath(path)
+
+        def open_with(cred: dict[str, Any]) -> _core.Reader:
+            return _core.Reader(p, **cred, verify_key=self.verify_key)
+
+        return self.attempt(path, open_with)[0]
 
 
 # --- Inputs -------------------------------------------------------------------------------
@@ -399,7 +454,7 @@ class Decryptor:
 
     def __init__(self, reader: _core.Reader, meter: Meter | None = None) -> None:
         self._reader = reader
-        self._step = decrypt_step(reader.inspect()[3])
+        self._step = decrypt_step(reader.chunk_size)
         self._bufs: list[np.ndarray] = []
         self._meter = meter
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enctensor-write")
