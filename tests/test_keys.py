@@ -200,3 +200,11 @@ def test_hostile_stanzas_are_format_errors(arrays: dict[str, np.ndarray]) -> Non
     blob[at : at + 10] = b'"log_n":40'
     with pytest.raises(FormatError, match="log_n"):
         enctensor.load_bytes(bytes(blob), passphrase="pw")
+
+
+def test_signature_failures_have_their_own_class(arrays: dict[str, np.ndarray]) -> None:
+    publisher = ed25519.Ed25519PrivateKey.generate()
+    unsigned = enctensor.save_bytes(arrays, key=KEY)
+    with pytest.raises(enctensor.SignatureError, match="not signed") as exc:
+        enctensor.load_bytes(unsigned, key=KEY, verify_with=publisher.public_key())
+    assert isinstance(exc.value, IntegrityError)

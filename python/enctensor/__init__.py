@@ -23,6 +23,7 @@ from ._keys import x25519_public_text as x25519_public_text
 from .errors import EncTensorError as EncTensorError
 from .errors import FormatError as FormatError
 from .errors import IntegrityError as IntegrityError
+from .errors import SignatureError as SignatureError
 from .errors import TensorNotFoundError as TensorNotFoundError
 from .errors import WrongKeyError as WrongKeyError
 
@@ -32,6 +33,7 @@ __all__ = [
     "FileKey",
     "FormatError",
     "IntegrityError",
+    "SignatureError",
     "TensorNotFoundError",
     "TensorSlice",
     "WrongKeyError",

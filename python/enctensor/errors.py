@@ -3,7 +3,14 @@ these classes by name (``pyo3::import_exception!``)."""
 
 from __future__ import annotations
 
-__all__ = ["EncTensorError", "FormatError", "IntegrityError", "TensorNotFoundError", "WrongKeyError"]
+__all__ = [
+    "EncTensorError",
+    "FormatError",
+    "IntegrityError",
+    "SignatureError",
+    "TensorNotFoundError",
+    "WrongKeyError",
+]
 
 
 class EncTensorError(ValueError):
@@ -20,6 +27,11 @@ class WrongKeyError(EncTensorError):
 
 class IntegrityError(EncTensorError):
     """The header MAC or a chunk tag failed: the file was modified or corrupted."""
+
+
+class SignatureError(IntegrityError):
+    """A verification key was given, and the file's publisher signature is missing or does
+    not verify under it."""
 
 
 class TensorNotFoundError(EncTensorError, KeyError):

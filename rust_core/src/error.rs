@@ -11,6 +11,9 @@ pub enum Error {
     WrongKey(String),
     /// The header MAC or a chunk tag failed ("header failure" / "payload failure").
     Integrity(String),
+    /// A verification key was given and the publisher signature is missing or invalid (a
+    /// kind of integrity failure: "header failure").
+    Signature(String),
     /// The caller passed something unusable (bad key length, wrong buffer size, ...).
     InvalidArgument(String),
     /// An operating-system error, with the path or action it concerns.
@@ -32,6 +35,7 @@ impl Error {
             Error::Format(m) => Error::Format(format!("{ctx}: {m}")),
             Error::WrongKey(m) => Error::WrongKey(format!("{ctx}: {m}")),
             Error::Integrity(m) => Error::Integrity(format!("{ctx}: {m}")),
+            Error::Signature(m) => Error::Signature(format!("{ctx}: {m}")),
             Error::InvalidArgument(m) => Error::InvalidArgument(format!("{ctx}: {m}")),
             Error::Io(e, m) => Error::Io(e, format!("{ctx}: {m}")),
         }
@@ -43,7 +47,7 @@ impl fmt::Display for Error {
         match self {
             Error::Format(m) => write!(f, "not a valid enctensor file: {m}"),
             Error::WrongKey(m) => write!(f, "{m}"),
-            Error::Integrity(m) => write!(f, "{m}"),
+            Error::Integrity(m) | Error::Signature(m) => write!(f, "{m}"),
             Error::InvalidArgument(m) => write!(f, "{m}"),
             Error::Io(e, m) => write!(f, "{m}: {e}"),
         }

@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 pyo3::import_exception!(enctensor.errors, FormatError);
 pyo3::import_exception!(enctensor.errors, WrongKeyError);
 pyo3::import_exception!(enctensor.errors, IntegrityError);
+pyo3::import_exception!(enctensor.errors, SignatureError);
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
@@ -28,6 +29,7 @@ impl From<Error> for PyErr {
             Error::Format(_) => FormatError::new_err(msg),
             Error::WrongKey(_) => WrongKeyError::new_err(msg),
             Error::Integrity(_) => IntegrityError::new_err(msg),
+            Error::Signature(_) => SignatureError::new_err(msg),
             Error::InvalidArgument(_) => PyValueError::new_err(msg),
             // OSError(errno, message) picks the subclass (FileNotFoundError, ...) from errno
             // and sets `.errno`, so callers can branch on it without parsing the message.

@@ -203,7 +203,7 @@ impl Reader {
             } else {
                 "the file is not signed"
             };
-            return Err(Error::Integrity(format!(
+            return Err(Error::Signature(format!(
                 "{name}: {why}: it was not published by the holder of the verification key given"
             )));
         }

@@ -248,14 +248,14 @@ fn signatures_verify_only_with_the_publisher_key() {
     assert!(Reader::from_bytes(signed.clone(), &cred, None).is_ok());
     assert!(matches!(
         Reader::from_bytes(signed, &cred, Some(&other)),
-        Err(Error::Integrity(_))
+        Err(Error::Signature(_))
     ));
     let unsigned = write(&sample(), vec![Recipient::key(&KEY).unwrap()]);
     let err = Reader::from_bytes(unsigned, &cred, Some(&public))
         .err()
         .unwrap();
     assert!(
-        matches!(err, Error::Integrity(ref m) if m.contains("not signed")),
+        matches!(err, Error::Signature(ref m) if m.contains("not signed")),
         "{err}"
     );
 }
