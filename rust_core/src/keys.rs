@@ -6,7 +6,7 @@ use aws_lc_rs::rsa::{
     OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
     OAEP_SHA256_MGF1SHA256,
 };
-use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair};
+use aws_lc_rs::signature::{self, Ed25519KeyPair};
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, GcmKey, SecretKey, KEY_LEN};
@@ -397,7 +397,6 @@ pub fn sign(seed: &[u8], header: &[u8], tags: &[u8]) -> Result<[u8; SIG_LEN]> {
     let seed = fixed::<32>(seed, "an Ed25519 private key")?;
     let pair = Ed25519KeyPair::from_seed_unchecked(&seed[..])
         .map_err(|_| invalid("not a usable Ed25519 private key"))?;
-    let _ = pair.public_key();
     Ok(pair
         .sign(&signed_message(header, tags))
         .as_ref()
