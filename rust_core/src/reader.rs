@@ -12,7 +12,7 @@ use crate::crypto::{self, GcmKey, SecretKey};
 use crate::error::{Error, Result};
 use crate::header::{self, Header, TensorInfo, MAC_LEN, TAG_LEN};
 use crate::keys::{open_stanzas, verify_signature, Credential};
-use crate::sigbus::Guard;
+use crate::sigbus::{page_size, Guard};
 
 /// A read-only map, registered with the SIGBUS guard. Field order matters: the guard is
 /// dropped (unregistered) before the map is unmapped.
@@ -23,15 +23,6 @@ struct Mapped {
 
 /// Not in the libc crate yet: populate (prefault) page tables, readable.
 const MADV_POPULATE_READ: libc::c_int = 22;
-
-fn page_size() -> usize {
-    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    // SAFETY: sysconf has no preconditions.
-    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        p if p > 0 => p as usize,
-        _ => 4096,
-    })
-}
 
 impl Mapped {
     /// madvise over the pages of `[start, start + len)` of the map: only pages wholly inside

@@ -27,7 +27,8 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// The handler that was in place before ours; written once, before ours is installed.
 static mut PREVIOUS: MaybeUninit<libc::sigaction> = MaybeUninit::uninit();
 
-fn page_size() -> usize {
+/// The page size. Plain `sysconf` (no lazy static): the SIGBUS handler calls it too.
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 {
