@@ -21,6 +21,9 @@ python3 -m ruff check .
 python3 -m ruff format --check .
 (cd /tmp && python3 -m mypy.stubtest enctensor._core)
 
+echo "== rust: bounded fuzzing (cargo-fuzz, 30 s per target) =="
+bash scripts/fuzz.sh 30
+
 echo "== python: pytest =="
 set +e
 python3 -m pytest -q -p no:cacheprovider "$@"

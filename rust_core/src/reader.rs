@@ -12,19 +12,28 @@ use crate::crypto::{self, GcmKey, SecretKey};
 use crate::error::{Error, Result};
 use crate::header::{self, Header, TensorInfo, MAC_LEN, TAG_LEN};
 use crate::keys::{open_stanzas, verify_signature, Credential};
-use crate::sigbus::{page_size, Guard};
+use crate::sigbus::{self, page_size, Guard};
 
 /// A read-only map, registered with the SIGBUS guard. Field order matters: the guard is
 /// dropped (unregistered) before the map is unmapped.
 struct Mapped {
     guard: Guard,
     map: Mmap,
+    /// Kept to notice a truncation that SIGBUS cannot show (within the last mapped page).
+    file: File,
 }
 
 /// Not in the libc crate yet: populate (prefault) page tables, readable.
 const MADV_POPULATE_READ: libc::c_int = 22;
 
 impl Mapped {
+    /// True if the file is now shorter than the map.
+    fn shrunk(&self) -> bool {
+        self.file
+            .metadata()
+            .is_ok_and(|md| md.len() < self.map.len() as u64)
+    }
+
     /// madvise over the pages of `[start, start + len)` of the map: only pages wholly inside
     /// the range when `inner` (so neighbours being read by other threads keep theirs), else
     /// every page touching it. Advice is a hint: failures are ignored.
@@ -78,10 +87,17 @@ impl Source {
         }
     }
 
+    /// Makes sure the SIGBUS guard is the installed handler before a read of the map.
+    fn guard_reads(&self) {
+        if matches!(self, Source::Map(_)) {
+            sigbus::refresh();
+        }
+    }
+
     /// Fails if the file shrank under the map while it was being read.
     fn check_intact(&self, name: &str) -> Result<()> {
         match self {
-            Source::Map(m) if m.guard.truncated() => Err(Error::format(format!(
+            Source::Map(m) if m.guard.truncated() || m.shrunk() => Err(Error::format(format!(
                 "{name} was truncated or rewritten in place while it was being read; \
                  replace model files by renaming a new file over them"
             ))),
@@ -109,7 +125,7 @@ fn map_file(path: &Path) -> Result<Source> {
     // Loads read the data section front to back, usually whole; ask for read-ahead.
     let _ = map.advise(Advice::Sequential);
     let guard = Guard::register(map.as_ptr(), map.len());
-    Ok(Source::Map(Mapped { guard, map }))
+    Ok(Source::Map(Mapped { guard, map, file }))
 }
 
 /// Parses a file without a key (`inspect`).
@@ -260,6 +276,7 @@ impl Reader {
     }
 
     fn run(&self, keys: &[GcmKey], work: Vec<Work<'_>>) -> Result<()> {
+        self.src.guard_reads();
         let result = work.into_par_iter().try_for_each(|w| {
             let t = &self.header.tensors[w.tensor];
             self.open_chunk(t, &keys[w.key], w.chunk, w.out)
@@ -321,6 +338,7 @@ impl Reader {
     /// Decrypts bytes `[start, start + out.len())` of a tensor, verifying every chunk that
     /// covers them (and only those).
     pub fn read_range_into(&self, idx: usize, start: u64, out: &mut [u8]) -> Result<()> {
+        self.src.guard_reads();
         let t = self.tensor(idx)?;
         let end = start
             .checked_add(out.len() as u64)
@@ -369,6 +387,7 @@ impl Reader {
 
     /// Verifies every chunk of every tensor, holding at most one chunk per thread.
     pub fn verify_all(&self) -> Result<()> {
+        self.src.guard_reads();
         let work: Vec<(usize, u64)> = self
             .header
             .tensors
@@ -382,12 +401,14 @@ impl Reader {
             .par_iter()
             .map(|t| crypto::tensor_key(&self.file_key, &t.name))
             .collect();
-        work.into_par_iter()
+        let result = work
+            .into_par_iter()
             .try_for_each_init(Vec::new, |scratch, (i, j)| {
                 let t = &self.header.tensors[i];
                 scratch.resize(self.chunk_len(t, j), 0);
                 self.open_chunk(t, &keys[i], j, scratch)
-            })
+            });
+        self.src.check_intact(&self.name).and(result)
     }
 
     /// The file key, for re-keying. Crate-internal: never exposed to Python.

@@ -4,15 +4,20 @@
 //! SIGBUS, which would kill the Python process. Mapped files are registered here; a SIGBUS
 //! handler that finds the faulting address inside a registered mapping replaces the rest of
 //! that mapping with zero pages (so the faulting access, retried, reads zeros and fails its
-//! authentication tag) and flags the mapping; the reader then reports the truncation. Faults
-//! anywhere else go to the previous handler, or to the default action.
+//! authentication tag) and flags the mapping; the reader then reports the truncation.
+//!
+//! Faults anywhere else are not ours: the handler puts the previous handler (or the default
+//! action) back and lets the fault happen again, so that it is handled exactly as if we had
+//! never been installed. Another library may install its own handler after us (Python's
+//! `faulthandler.enable()` does); [`refresh`], called before every read, notices that and
+//! reinstalls ours in front of it.
 
-use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-/// Mappings protected at once; further mappings work, unprotected.
-const SLOTS: usize = 128;
+/// Mappings protected at once (each `safe_open` handle holds one); further mappings still
+/// work, unprotected. The handler scans them linearly, only when SIGBUS arrives.
+const SLOTS: usize = 4096;
 
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO: AtomicUsize = AtomicUsize::new(0);
@@ -22,10 +27,11 @@ static STARTS: [AtomicUsize; SLOTS] = [ZERO; SLOTS];
 static ENDS: [AtomicUsize; SLOTS] = [ZERO; SLOTS];
 static HIT: [AtomicBool; SLOTS] = [CLEAR; SLOTS];
 static USED: [AtomicBool; SLOTS] = [CLEAR; SLOTS];
-static INSTALL: Once = Once::new();
-static INSTALLED: AtomicBool = AtomicBool::new(false);
-/// The handler that was in place before ours; written once, before ours is installed.
-static mut PREVIOUS: MaybeUninit<libc::sigaction> = MaybeUninit::uninit();
+/// The handler that was in place before ours (leaked, never freed: the signal handler may be
+/// reading an old one). Null until ours is first installed.
+static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
+/// Serialises (re)installation; the signal handler never takes it.
+static INSTALL: Mutex<()> = Mutex::new(());
 
 /// The page size. Plain `sysconf` (no lazy static): the SIGBUS handler calls it too.
 pub(crate) fn page_size() -> usize {
@@ -38,9 +44,13 @@ pub(crate) fn page_size() -> usize {
     }
 }
 
-extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+fn our_handler() -> usize {
+    on_sigbus as *const () as usize
+}
+
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
-    let addr = unsafe { (*info).si_addr() } as usize;
+    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
     for i in 0..SLOTS {
         let start = STARTS[i].load(Ordering::Acquire);
         let end = ENDS[i].load(Ordering::Acquire);
@@ -65,45 +75,44 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             }
         }
     }
-    // Not ours: behave as if we were never installed.
-    // SAFETY: PREVIOUS was initialised before this handler was installed and is never written
-    // again; calling the previous handler with the same arguments is how chaining works.
+    // Not ours: put back what was there before us, then let the signal arrive again.
+    let prev = PREVIOUS.load(Ordering::Acquire);
+    // SAFETY: `prev` is null or a leaked, never-freed sigaction; sigaction and raise are
+    // async-signal-safe.
     unsafe {
-        let prev = (*std::ptr::addr_of!(PREVIOUS)).assume_init_ref();
-        let h = prev.sa_sigaction;
-        if h == libc::SIG_DFL || h == libc::SIG_IGN {
-            // Restore the default action; returning re-executes the access, which faults again.
+        if prev.is_null() {
             libc::signal(sig, libc::SIG_DFL);
-        } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
-            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                std::mem::transmute(h);
-            f(sig, info, ctx);
         } else {
-            let f: extern "C" fn(libc::c_int) = std::mem::transmute(h);
-            f(sig);
+            libc::sigaction(sig, prev, std::ptr::null_mut());
         }
+        if code <= 0 {
+            // Sent by kill/raise (si_code SI_USER, SI_TKILL, ...): returning would lose it.
+            libc::raise(sig);
+        }
+        // A real fault: returning re-executes the access, which faults again.
     }
 }
 
-fn install() {
-    INSTALL.call_once(|| {
-        // SAFETY: plain sigaction calls on zero-initialised structs; PREVIOUS is written here,
-        // once, before our handler can run.
-        unsafe {
-            let mut prev: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut prev) != 0 {
-                return;
-            }
-            (*std::ptr::addr_of_mut!(PREVIOUS)).write(prev);
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_sigbus as *const () as usize;
-            act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-            libc::sigemptyset(&mut act.sa_mask);
-            if libc::sigaction(libc::SIGBUS, &act, std::ptr::null_mut()) == 0 {
-                INSTALLED.store(true, Ordering::Release);
-            }
+/// Installs our handler if it is not the one in place, keeping the current one as the
+/// previous handler. Cheap (one `sigaction` query); called before every read of a map.
+pub fn refresh() -> bool {
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: sigaction with valid pointers to zero-initialised structs.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut current) != 0 {
+            return false;
         }
-    });
+        if current.sa_sigaction == our_handler() {
+            return true;
+        }
+        PREVIOUS.store(Box::into_raw(Box::new(current)), Ordering::Release);
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = our_handler();
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(libc::SIGBUS, &act, std::ptr::null_mut()) == 0
+    }
 }
 
 /// A registered mapping. Drop it before unmapping.
@@ -114,8 +123,7 @@ pub struct Guard {
 impl Guard {
     /// Registers `[ptr, ptr + len)`; returns an inert guard if every slot is taken.
     pub fn register(ptr: *const u8, len: usize) -> Guard {
-        install();
-        if !INSTALLED.load(Ordering::Acquire) || len == 0 {
+        if len == 0 || !refresh() {
             return Guard { slot: None };
         }
         let start = ptr as usize;
