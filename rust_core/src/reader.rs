@@ -16,15 +16,15 @@ use crate::sigbus::{self, page_size, Guard};
 
 /// A read-only map, registered with the SIGBUS guard. Field order matters: the guard is
 /// dropped (unregistered) before the map is unmapped.
+/// Bytes of ciphertext read between two releases of the mapped pages (see `Reader::run`).
+const RELEASE_WAVE: usize = 64 << 20;
+
 struct Mapped {
     guard: Guard,
     map: Mmap,
     /// Kept to notice a truncation that SIGBUS cannot show (within the last mapped page).
     file: File,
 }
-
-/// Not in the libc crate yet: populate (prefault) page tables, readable.
-const MADV_POPULATE_READ: libc::c_int = 22;
 
 impl Mapped {
     /// True if the file is now shorter than the map.
@@ -70,20 +70,12 @@ impl Source {
         }
     }
 
-    /// Maps the pages of `[start, start + len)` in one system call instead of one page fault per
-    /// 64 KiB (MADV_POPULATE_READ, Linux 5.14+; ignored where unsupported).
-    fn before_read(&self, start: usize, len: usize) {
+    /// Unmaps the whole pages of `[start, end)` once read, so that a load does not keep
+    /// the ciphertext resident in this process next to the plaintext (the page cache keeps
+    /// it; only this process's mapping of it goes).
+    fn release(&self, start: usize, end: usize) {
         if let Source::Map(m) = self {
-            m.advise(start, len, MADV_POPULATE_READ, false);
-        }
-    }
-
-    /// Unmaps the whole pages of `[start, start + len)` once read, so that a load does not
-    /// keep the ciphertext resident in this process next to the plaintext (the page cache
-    /// keeps it; only this process's mapping of it goes).
-    fn after_read(&self, start: usize, len: usize) {
-        if let Source::Map(m) = self {
-            m.advise(start, len, libc::MADV_DONTNEED, true);
+            m.advise(start, end - start, libc::MADV_DONTNEED, true);
         }
     }
 
@@ -251,7 +243,6 @@ impl Reader {
         let bytes = self.bytes();
         let start = (self.header.data_offset + t.begin + j * self.header.chunk_size) as usize;
         let src = &bytes[start..start + out.len()];
-        self.src.before_read(start, out.len());
         let tag_at = (self.header.tags_offset() + (t.first_tag + j) * TAG_LEN) as usize;
         let tag = &bytes[tag_at..tag_at + TAG_LEN as usize];
         let nonce = crypto::chunk_nonce(j, t.n_chunks);
@@ -263,7 +254,6 @@ impl Reader {
         } else {
             false
         };
-        self.src.after_read(start, out.len());
         if ok {
             Ok(())
         } else {
@@ -275,12 +265,35 @@ impl Reader {
         }
     }
 
-    fn run(&self, keys: &[GcmKey], work: Vec<Work<'_>>) -> Result<()> {
+    /// Byte offset of chunk `j` of tensor `t` in the file.
+    fn chunk_offset(&self, t: &TensorInfo, j: u64) -> usize {
+        (self.header.data_offset + t.begin + j * self.header.chunk_size) as usize
+    }
+
+    fn run(&self, keys: &[GcmKey], mut work: Vec<Work<'_>>) -> Result<()> {
         self.src.guard_reads();
-        let result = work.into_par_iter().try_for_each(|w| {
-            let t = &self.header.tensors[w.tensor];
-            self.open_chunk(t, &keys[w.key], w.chunk, w.out)
-        });
+        // Waves of about RELEASE_WAVE bytes in file order; after each, the mapped ciphertext
+        // it read is released in one call. (Releasing per chunk cost 40 % of the throughput.)
+        let offset = |w: &Work<'_>| self.chunk_offset(&self.header.tensors[w.tensor], w.chunk);
+        work.sort_by_key(|w| offset(w));
+        let mut result = Ok(());
+        let mut rest = work;
+        while !rest.is_empty() && result.is_ok() {
+            let first = offset(&rest[0]);
+            let n = rest
+                .iter()
+                .position(|w| offset(w) - first >= RELEASE_WAVE)
+                .unwrap_or(rest.len())
+                .max(1);
+            let tail = rest.split_off(n);
+            let wave_end = rest.last().map_or(first, |w| offset(w) + w.out.len());
+            result = rest.into_par_iter().try_for_each(|w| {
+                let t = &self.header.tensors[w.tensor];
+                self.open_chunk(t, &keys[w.key], w.chunk, w.out)
+            });
+            self.src.release(first, wave_end);
+            rest = tail;
+        }
         self.src.check_intact(&self.name).and(result)
     }
 
