@@ -584,7 +584,7 @@ class Report:
         self.targets.append(
             (
                 what,
-                f"{ratio:.2f}x" if higher else f"{ratio:.3g}",
+                f"{ratio:.2f}x" if higher else f"{ratio:.4f}",
                 f"{cmp} {target:g}",
                 verdict(ratio, target, higher) + (f" {note}" if note else ""),
             )
@@ -899,6 +899,14 @@ def main() -> None:
     rep.add(
         f"{met} of {len(rep.targets)} met. Load average at end {loadavg()}; wall time {time.time() - t_start:.0f} s."
     )
+    busiest = max(float(load_start.split()[0]), os.getloadavg()[0])
+    if busiest >= 1.5:
+        rep.add()
+        rep.add(
+            f"**Noisy run**: the 1-minute load average reached {busiest:.2f} at the start or end "
+            f"of this run on {os.cpu_count()} CPUs (other work was running); treat these figures, "
+            "the 2-thread ones above all, as lower bounds."
+        )
     if peers.why:
         rep.add()
         for k, v in peers.why.items():
