@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Self
@@ -295,19 +294,17 @@ class TensorSlice:
             return self._handle._convert(np.empty(p.shape, dt), self._dtype)
         size = dt.itemsize
         reader = self._handle._reader_or_raise()
-        # Read whole chunks: they are verified whole anyway, and the core then decrypts them
-        # straight into `buf` instead of through a scratch buffer.
-        cs = reader.chunk_size
-        nbytes = math.prod(self._shape) * size
-        start = p.lo * size // cs * cs
-        stop = min(-(-(p.hi + 1) * size // cs) * cs, nbytes)
-        buf = aligned_empty(stop - start)
+        # Only the bytes the index spans are read: whole chunks are decrypted straight into
+        # `buf`, the partial chunks at either end through a scratch buffer in the core. A
+        # contiguous index (rows, say) is then `buf` itself, with no copy.
+        start = p.lo * size
+        buf = aligned_empty((p.hi + 1) * size - start)
         reader.read_range_into(self._index, start, buf)
         view = np.ndarray(
             p.shape,
             dtype=dt,
             buffer=buf,
-            offset=p.lo * size - start + p.offset * size,
+            offset=p.offset * size,
             strides=[s * size for s in p.strides],
         )
         # reshape: np.ascontiguousarray turns a 0-d array into a 1-d one.
