@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Self
@@ -10,7 +11,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import _core
-from ._alloc import aligned_empty
+from ._alloc import aligned_empty, destinations
 from ._dtypes import format_dtype, numpy_dtype
 from ._frameworks import converter
 from ._keys import check_keys, check_passphrase, opener, recipient_kwargs, sign_seed, verify_bytes
@@ -165,7 +166,7 @@ def _open_bytes(
 def read_all(reader: _core.Reader) -> dict[str, np.ndarray]:
     """Decrypts every tensor of an opened file, all chunks in parallel, into fresh arrays."""
     rows = reader.tensors()
-    bufs = [aligned_empty(nbytes) for (_, _, _, _, nbytes) in rows]
+    bufs = destinations([nbytes for (_, _, _, _, nbytes) in rows])
     reader.read_many_into(list(enumerate(bufs)))
     return {
         name: buf.view(numpy_dtype(dtype)).reshape(shape)
@@ -294,17 +295,19 @@ class TensorSlice:
             return self._handle._convert(np.empty(p.shape, dt), self._dtype)
         size = dt.itemsize
         reader = self._handle._reader_or_raise()
-        # Only the bytes the index spans are read: whole chunks are decrypted straight into
-        # `buf`, the partial chunks at either end through a scratch buffer in the core. A
-        # contiguous index (rows, say) is then `buf` itself, with no copy.
-        start = p.lo * size
-        buf = aligned_empty((p.hi + 1) * size - start)
+        # Read whole chunks: they are verified whole anyway, and the core then decrypts them
+        # straight into `buf` instead of through a scratch buffer.
+        cs = reader.chunk_size
+        nbytes = math.prod(self._shape) * size
+        start = p.lo * size // cs * cs
+        stop = min(-(-(p.hi + 1) * size // cs) * cs, nbytes)
+        buf = aligned_empty(stop - start)
         reader.read_range_into(self._index, start, buf)
         view = np.ndarray(
             p.shape,
             dtype=dt,
             buffer=buf,
-            offset=p.offset * size,
+            offset=p.lo * size - start + p.offset * size,
             strides=[s * size for s in p.strides],
         )
         # reshape: np.ascontiguousarray turns a 0-d array into a 1-d one.
