@@ -27,6 +27,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
     ) from e
 
 from . import _api, _core
+from ._alloc import PACK_MAX, destinations
 from ._dtypes import numpy_dtype
 from ._frameworks import register
 from .errors import FormatError
@@ -325,10 +326,22 @@ def _read_all(reader: _core.Reader, device: Device) -> dict[str, torch.Tensor]:
                 out[rows[i][0]] = host.to(dev, non_blocking=True)
         torch.cuda.synchronize(dev)
         return out
-    # torch.empty (4 KiB pages, faulted in as the core writes) measured faster here than
-    # numpy's huge-page allocations adopted with torch.from_numpy: see benches/bench_adapters.py.
-    tensors = [torch.empty(shape, dtype=dt) for (_, _, shape, _, _), dt in zip(rows, dtypes, strict=True)]
-    jobs: list[Job] = [(i, _bytes_of(t)) for i, t in enumerate(tensors)]
+    # Large tensors: torch.empty (4 KiB pages, faulted in as the core writes) measured faster
+    # here than numpy's huge-page allocations adopted with torch.from_numpy (see
+    # benches/bench_adapters.py). Small ones share blocks (one allocation for many tensors).
+    small = [i for i, row in enumerate(rows) if 0 < row[4] < PACK_MAX]
+    packed = dict(zip(small, destinations([rows[i][4] for i in small]), strict=True))
+    tensors: list[torch.Tensor] = []
+    jobs: list[Job] = []
+    for i, ((_, _, shape, _, _), dt) in enumerate(zip(rows, dtypes, strict=True)):
+        buf = packed.get(i)
+        if buf is None:
+            t = torch.empty(shape, dtype=dt)
+            buf = _bytes_of(t)
+        else:
+            t = torch.from_numpy(buf).view(dt).reshape(shape)
+        tensors.append(t)
+        jobs.append((i, buf))
     reader.read_many_into(jobs)
     if dev.type != "cpu":
         tensors = [t.to(dev) for t in tensors]
