@@ -1,6 +1,6 @@
 //! Opening a file: map it, validate the header, unwrap the file key, verify the header MAC,
-//! then decrypt and verify chunks from the map straight into caller-provided buffers on all
-//! cores.
+//! then read chunks with `pread` straight into caller-provided buffers and decrypt and verify
+//! them there, on all cores.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
