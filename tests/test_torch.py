@@ -285,6 +285,36 @@ def test_load_model_fills_the_models_own_storage(tmp_path: Path) -> None:
     assert torch.equal(dst(x), src(x))
 
 
+@pytest.mark.parametrize("misalign", [0, 4, 16, 40])
+def test_load_model_into_misaligned_storage(tmp_path: Path, misalign: int) -> None:
+    """Parameters wrapping numpy memory at any offset (the core reads into those through an
+    aligned bounce buffer) get the same bytes, in place, on every chunk; and a flipped bit
+    still zeroes them."""
+    rng = np.random.default_rng(3)
+    shapes = {"a": (300, 513), "b": (7,), "c": (1024, 257)}  # several chunks, odd lengths
+    src = {k: torch.from_numpy(rng.random(s, dtype=np.float32)) for k, s in shapes.items()}
+    path = tmp_path / "m.enct"
+    et.save_file(src, path, key=KEY)
+    m = torch.nn.Module()
+    for k, s in shapes.items():
+        n = int(np.prod(s))
+        raw = np.zeros(n * 4 + 64, dtype=np.uint8)
+        at = (misalign - raw.ctypes.data) % 64
+        arr = raw[at : at + n * 4].view(np.float32).reshape(s)
+        m.register_parameter(k, torch.nn.Parameter(torch.from_numpy(arr), requires_grad=False))
+    ptrs = {k: p.data_ptr() for k, p in m.named_parameters()}
+    assert et.load_model(m, path, key=KEY) == ([], [])
+    for k, p in m.named_parameters():
+        assert p.data_ptr() == ptrs[k] and p.data_ptr() % 64 == misalign
+        assert torch.equal(p, src[k]), k
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        et.load_model(m, path, key=KEY)
+    assert all(not p.any() for _, p in m.named_parameters())
+
+
 def test_load_model_reads_files_written_by_safetensors_layout(tmp_path: Path) -> None:
     """A checkpoint that kept the other name of a tie (e.g. written by another tool) loads
     into the model's shared storage just the same."""
