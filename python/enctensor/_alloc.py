@@ -21,9 +21,10 @@ def aligned_empty(nbytes: int) -> np.ndarray:
     return raw[skip : skip + max(nbytes, 1)][:nbytes]
 
 
-#: Tensors smaller than this share one allocation per load (see ``destinations``).
+#: Tensors smaller than this are carved out of shared blocks of about ``BLOCK`` bytes.
 PACK_MAX = 1 << 20
 BLOCK = 4 << 20
+_UNSET = np.empty(0, dtype=np.uint8)
 
 
 def destinations(sizes: list[int]) -> list[np.ndarray]:
@@ -33,8 +34,8 @@ def destinations(sizes: list[int]) -> list[np.ndarray]:
     64 KiB), while blocks this size are still recycled by malloc from one load to the next
     instead of being mapped (and faulted in) afresh. A block's memory is freed when the last
     tensor in it goes, as with tensors that share a storage in torch."""
-    out: list[np.ndarray | None] = [None] * len(sizes)
-    group: list[tuple[int, int]] = []
+    out = [_UNSET] * len(sizes)
+    group: list[tuple[int, int]] = []  # (index, offset in the block being filled)
     used = 0
 
     def flush() -> None:
@@ -54,5 +55,4 @@ def destinations(sizes: list[int]) -> list[np.ndarray]:
         used += step
     if group:
         flush()
-    assert all(b is not None for b in out)
-    return out  # type: ignore[return-value]
+    return out

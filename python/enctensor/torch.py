@@ -334,14 +334,14 @@ def _read_all(reader: _core.Reader, device: Device) -> dict[str, torch.Tensor]:
     tensors: list[torch.Tensor] = []
     jobs: list[Job] = []
     for i, ((_, _, shape, _, _), dt) in enumerate(zip(rows, dtypes, strict=True)):
-        buf = packed.get(i)
-        if buf is None:
+        dest = packed.get(i)
+        if dest is None:
             t = torch.empty(shape, dtype=dt)
-            buf = _bytes_of(t)
+            dest = _bytes_of(t)
         else:
-            t = torch.from_numpy(buf).view(dt).reshape(shape)
+            t = torch.from_numpy(dest).view(dt).reshape(shape)
         tensors.append(t)
-        jobs.append((i, buf))
+        jobs.append((i, dest))
     reader.read_many_into(jobs)
     if dev.type != "cpu":
         tensors = [t.to(dev) for t in tensors]

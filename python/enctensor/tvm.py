@@ -103,7 +103,7 @@ def _read_all(reader: _core.Reader, device: Any) -> dict[str, tvm.runtime.Tensor
     # Large tensors: TVM allocates each one (64-byte aligned, plain pages) and the core
     # decrypts straight into it: measured 3-6x faster on first touch than adopting numpy's
     # huge-page buffers (benches/bench_adapters.py), and still no copy. Small ones: TVM
-    # adopts views of one shared numpy allocation, ~2.5 us a tensor instead of ~22 us for
+    # adopts views of shared numpy blocks (``destinations``), ~2.5 us a tensor instead of ~22 us for
     # tvm.runtime.empty plus the DLPack view the core writes through.
     small = [i for i, row in enumerate(rows) if 0 < row[4] < PACK_MAX]
     packed = dict(zip(small, destinations([rows[i][4] for i in small]), strict=True))

@@ -1,6 +1,7 @@
-//! The primitives of the format, all from vetted libraries: AES-256-GCM from ring (VAES/AVX2
-//! code path where the CPU has it), HKDF and HMAC (constant-time verification) from aws-lc-rs. Nothing here is hand-written
-//! cryptography: this module only fixes the labels, nonces and key sizes of `spec/FORMAT.md`.
+//! The primitives of the format, all from vetted libraries: AES-256-GCM from ring (its
+//! VAES/AVX2 code where the CPU has it), HKDF and HMAC (constant-time verification) from
+//! aws-lc-rs. Nothing here is hand-written cryptography: this module only fixes the labels,
+//! nonces and key sizes of `spec/FORMAT.md`.
 
 use std::mem::{ManuallyDrop, MaybeUninit};
 
