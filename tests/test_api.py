@@ -369,3 +369,19 @@ def test_overlapping_destinations_are_refused() -> None:
     with pytest.raises(ValueError, match="overlap"):
         reader.read_many_into([(0, buf[:1024]), (0, buf[:1024])])
     reader.read_many_into([(0, buf[:1024]), (1, aligned_empty(1024))])
+
+
+def test_small_tensors_loaded_into_shared_blocks_are_separate_and_aligned(tmp_path: Path) -> None:
+    """Small tensors share allocations (blocks of a few MiB) when loaded: each must still be
+    its own 64-byte aligned, writable array that no other tensor overlaps."""
+    sizes = [1, 3, 64, 65, 1000, 70_000, (1 << 20) - 4, 1 << 20, 5]  # bytes, around the limits
+    tensors = {f"t{i}": np.zeros(n, dtype=np.uint8) for i, n in enumerate(sizes)}
+    enctensor.save(tensors, tmp_path / "m.enct", key=KEY)
+    got = enctensor.load(tmp_path / "m.enct", key=KEY)
+    assert got["t0"].base is got["t5"].base is got["t8"].base  # one block under 1 MiB each
+    assert got["t7"].base is not got["t0"].base  # 1 MiB: an allocation of its own
+    for i, name in enumerate(tensors):
+        assert got[name].ctypes.data % 64 == 0 and got[name].flags.writeable
+        got[name][...] = i + 1
+    for i, name in enumerate(tensors):
+        assert got[name].size == sizes[i] and (got[name] == i + 1).all(), name

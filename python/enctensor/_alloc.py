@@ -56,3 +56,10 @@ def destinations(sizes: list[int]) -> list[np.ndarray]:
     if group:
         flush()
     return out
+
+
+def small_destinations(sizes: list[int]) -> dict[int, np.ndarray]:
+    """Shared-block buffers (see ``destinations``) for the tensors under ``PACK_MAX``, by
+    index; adapters allocate the larger ones with their own framework."""
+    small = [i for i, n in enumerate(sizes) if 0 < n < PACK_MAX]
+    return dict(zip(small, destinations([sizes[i] for i in small]), strict=True))

@@ -27,7 +27,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
     ) from e
 
 from . import _api, _core
-from ._alloc import PACK_MAX, destinations
+from ._alloc import small_destinations
 from ._dtypes import numpy_dtype
 from ._frameworks import register
 from .errors import FormatError
@@ -329,8 +329,7 @@ def _read_all(reader: _core.Reader, device: Device) -> dict[str, torch.Tensor]:
     # Large tensors: torch.empty (4 KiB pages, faulted in as the core writes) measured faster
     # here than numpy's huge-page allocations adopted with torch.from_numpy (see
     # benches/bench_adapters.py). Small ones share blocks (one allocation for many tensors).
-    small = [i for i, row in enumerate(rows) if 0 < row[4] < PACK_MAX]
-    packed = dict(zip(small, destinations([rows[i][4] for i in small]), strict=True))
+    packed = small_destinations([row[4] for row in rows])
     tensors: list[torch.Tensor] = []
     jobs: list[Job] = []
     for i, ((_, _, shape, _, _), dt) in enumerate(zip(rows, dtypes, strict=True)):

@@ -29,7 +29,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
     ) from e
 
 from . import _api, _core
-from ._alloc import PACK_MAX, aligned_empty, destinations
+from ._alloc import aligned_empty, small_destinations
 from ._dtypes import numpy_dtype
 from ._frameworks import register
 from .errors import FormatError
@@ -105,8 +105,7 @@ def _read_all(reader: _core.Reader, device: Any) -> dict[str, tvm.runtime.Tensor
     # huge-page buffers (benches/bench_adapters.py), and still no copy. Small ones: TVM
     # adopts views of shared numpy blocks (``destinations``), ~2.5 us a tensor instead of ~22 us for
     # tvm.runtime.empty plus the DLPack view the core writes through.
-    small = [i for i, row in enumerate(rows) if 0 < row[4] < PACK_MAX]
-    packed = dict(zip(small, destinations([rows[i][4] for i in small]), strict=True))
+    packed = small_destinations([row[4] for row in rows])
     out: dict[str, tvm.runtime.Tensor] = {}
     jobs: list[tuple[int, Any]] = []
     for i, (name, dtype, shape, _, nbytes) in enumerate(rows):

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::header::{self, Header, TensorInfo, MAC_LEN, TAG_LEN};
 use crate::keys::{open_stanzas, verify_signature, Credential};
 use crate::sigbus::{self, Guard};
+use crate::writer::PAGE;
 
 /// A read-only map (header and tag table; tensor bytes are read with `pread`), registered
 /// with the SIGBUS guard. Field order matters: the guard is dropped (unregistered) before the
@@ -110,6 +111,20 @@ const REOPEN_ATTEMPTS: usize = 3;
 /// 0.77 ms on two).
 const PARALLEL_MIN: usize = 2 << 20;
 
+/// Runs `f` on every item, on the calling thread when they cover fewer than `PARALLEL_MIN`
+/// bytes, else on all cores; stops at the first error.
+fn try_each<T: Send>(
+    items: Vec<T>,
+    bytes: usize,
+    f: impl Fn(T) -> Result<()> + Sync + Send,
+) -> Result<()> {
+    if bytes < PARALLEL_MIN {
+        items.into_iter().try_for_each(f)
+    } else {
+        items.into_par_iter().try_for_each(f)
+    }
+}
+
 const BOUNCE_ALIGN: usize = 64;
 
 thread_local! {
@@ -160,7 +175,7 @@ impl Reader {
         // stanzas. If opening fails and the first page changed meanwhile, read it again.
         let mut attempts = 0;
         loop {
-            let first_page = |s: &Source| s.bytes()[..s.bytes().len().min(4096)].to_vec();
+            let first_page = |s: &Source| s.bytes()[..s.bytes().len().min(PAGE as usize)].to_vec();
             let before = first_page(&src);
             match Reader::authenticate(&src, cred, verify_key, &name) {
                 Ok((header, file_key)) => {
@@ -185,12 +200,11 @@ impl Reader {
         verify_key: Option<&[u8]>,
         name: &str,
     ) -> Result<(Header, SecretKey)> {
-        let name = name.to_string();
         let bytes = src.bytes();
-        let parsed = header::parse_file(bytes).map_err(|e| e.context(&name));
-        src.check_intact(&name)?;
+        let parsed = header::parse_file(bytes).map_err(|e| e.context(name));
+        src.check_intact(name)?;
         let header = parsed?;
-        let file_key = open_stanzas(&header.stanzas, cred).map_err(|e| e.context(&name))?;
+        let file_key = open_stanzas(&header.stanzas, cred).map_err(|e| e.context(name))?;
         let mac_at = header.mac_offset() as usize;
         let json = &bytes[header.header_offset() as usize..mac_at];
         let tags = &bytes[header.tags_offset() as usize..header.tags_end() as usize];
@@ -202,7 +216,7 @@ impl Reader {
                 .as_ref()
                 .is_some_and(|sig| verify_signature(public, sig, json, tags))
         });
-        src.check_intact(&name)?;
+        src.check_intact(name)?;
         if !mac_ok && matches!(cred, Credential::FileKey(_)) {
             return Err(Error::WrongKey(format!(
                 "{name}: no key opens this file: the file key from the key provider does not \
@@ -331,11 +345,7 @@ impl Reader {
             self.open_chunk(t, &keys[w.key], w.chunk, w.out)
         };
         let total: usize = work.iter().map(|w| w.out.len()).sum();
-        let result = if total < PARALLEL_MIN {
-            work.into_iter().try_for_each(open)
-        } else {
-            work.into_par_iter().try_for_each(open)
-        };
+        let result = try_each(work, total, open);
         self.src.check_intact(&self.name).and(result)
     }
 
@@ -432,11 +442,7 @@ impl Reader {
             piece.copy_from_slice(&scratch[skip..skip + piece.len()]);
             Ok(())
         };
-        let result = if (end - start) < PARALLEL_MIN as u64 {
-            pieces.into_iter().try_for_each(open)
-        } else {
-            pieces.into_par_iter().try_for_each(open)
-        };
+        let result = try_each(pieces, (end - start) as usize, open);
         let result = self.src.check_intact(&self.name).and(result);
         if result.is_err() {
             out.fill(0);
