@@ -16,7 +16,7 @@ median of ``--runs`` runs interleaved across loaders in this one process:
   in subprocesses with ``RAYON_NUM_THREADS=1`` and ``2``;
 - peak RSS growth while loading (fresh subprocesses);
 - ``get_slice`` of 1 % of a tensor against loading the whole tensor;
-- the prototype floor (``/work/shared/bench/floor.py``, subprocess).
+- the prototype floor (``../shared/bench/floor.py`` beside the repository, subprocess).
 
 It prints a markdown report and writes it into ``--out`` below the README's intro (the part
 above the ``<!-- results -->`` marker is kept), and a bar chart (GB/s, warm) to ``--chart``.
@@ -47,7 +47,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 KEY = bytes(range(32))
-FLOOR = Path("/work/shared/bench/floor.py")
+# The prototype floor lives in the shared folder beside the repository (not shipped with it).
+FLOOR = Path(__file__).resolve().parents[2] / "shared" / "bench" / "floor.py"
 MARKER = "<!-- results -->"
 
 
@@ -934,7 +935,7 @@ def main() -> None:
     if not args.no_floor:
         fl = run_floor(args.gib, runs)
         rep.add(
-            f"### Prototype floor (`{FLOOR}`, {args.gib:g} GiB, {runs} runs, Python + OpenSSL on all threads)"
+            f"### Prototype floor (`shared/bench/floor.py`, {args.gib:g} GiB, {runs} runs, Python + OpenSSL on all threads)"
         )
         rep.add()
         if isinstance(fl, str):

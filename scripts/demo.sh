@@ -3,5 +3,6 @@
 # what it did and how fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --progress-bar off -e .
-python3 examples/demo.py "$@"
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh "safetensors"
+python examples/demo.py "$@"

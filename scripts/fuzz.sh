@@ -26,8 +26,13 @@ cd "$(dirname "$0")/../rust_core/fuzz"
 start=$(date +%s)
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
-  echo "fuzz.sh: the nightly Rust toolchain is needed (rustup toolchain install nightly)" >&2
-  exit 1
+  # CI must fuzz; a developer without nightly gets a loud skip rather than a failed suite.
+  if [ "${CI:-}" = "true" ]; then
+    echo "fuzz.sh: the nightly Rust toolchain is needed (rustup toolchain install nightly)" >&2
+    exit 1
+  fi
+  echo "fuzz.sh: SKIPPED: no nightly Rust toolchain (rustup toolchain install nightly); CI runs it" >&2
+  exit 0
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "== installing cargo-fuzz =="

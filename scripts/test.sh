@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== install (pip; builds the Rust extension with maturin) =="
-python3 -m pip install --quiet --progress-bar off -e ".[test,torch,tvm,models]"
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh "test,torch,tvm,models"
 
 echo "== rust: fmt, clippy, tests =="
 (
@@ -17,16 +17,16 @@ echo "== rust: fmt, clippy, tests =="
 )
 
 echo "== python: ruff, stubtest =="
-python3 -m ruff check .
-python3 -m ruff format --check .
-(cd /tmp && python3 -m mypy.stubtest enctensor._core)
+python -m ruff check .
+python -m ruff format --check .
+(cd /tmp && python -m mypy.stubtest enctensor._core)
 
 echo "== rust: bounded fuzzing (cargo-fuzz, 30 s per target) =="
 bash scripts/fuzz.sh 30
 
 echo "== python: pytest =="
 set +e
-python3 -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

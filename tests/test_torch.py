@@ -553,7 +553,7 @@ def test_import_enctensor_does_not_import_torch_and_missing_torch_is_explained()
         "    print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.count("pip install enctensor[torch]") == 2, out
+    assert out.count("pip install '.[torch]'") == 2, out
 
 
 def test_safe_open_device_argument(tmp_path: Path) -> None:

@@ -317,4 +317,4 @@ def test_import_enctensor_does_not_import_tvm_and_missing_tvm_is_explained() -> 
         "    print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.count("pip install enctensor[tvm]") == 2, out
+    assert out.count("pip install '.[tvm]'") == 2, out

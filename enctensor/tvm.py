@@ -25,7 +25,7 @@ try:
     import tvm.runtime
 except ImportError as e:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "enctensor.tvm needs Apache TVM, which is not installed: pip install enctensor[tvm]"
+        "enctensor.tvm needs Apache TVM, which is not installed: pip install '.[tvm]' (from a clone of enctensor)"
     ) from e
 
 from . import _api, _core

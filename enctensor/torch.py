@@ -23,7 +23,7 @@ try:
     import torch
 except ImportError as e:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "enctensor.torch needs PyTorch, which is not installed: pip install enctensor[torch]"
+        "enctensor.torch needs PyTorch, which is not installed: pip install '.[torch]' (from a clone of enctensor)"
     ) from e
 
 from . import _api, _core

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sourced by demo.sh and test.sh: creates (once) and activates the project virtualenv, so
+# nothing is ever installed into the system interpreter. ENCTENSOR_VENV overrides its place.
+#   source scripts/venv.sh EXTRAS     # e.g. "test,torch,tvm,models" or "" for the bare package
+venv="${ENCTENSOR_VENV:-$PWD/.venv}"
+extras="${1:-}"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating the project virtualenv $venv =="
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --progress-bar off --quiet --upgrade pip
+fi
+# shellcheck disable=SC1091
+source "$venv/bin/activate"
+spec="."
+[ -n "$extras" ] && spec=".[$extras]"
+echo "== installing into $venv: enctensor${extras:+[$extras]} and its dependencies =="
+echo "   (the first run downloads them, torch alone is several GB; then maturin builds the Rust"
+echo "   extension: a cold cargo build takes a few minutes, its progress lines follow)"
+set +e
+python -m pip install --progress-bar off -v -e "$spec" 2>&1 \
+  | grep -E --line-buffered '^ *(Compiling|Finished|Built wheel|Successfully installed)|^ERROR|^error'
+pip_status=${PIPESTATUS[0]}
+set -e
+if [ "$pip_status" -ne 0 ]; then
+  echo "venv.sh: pip install -e \"$spec\" failed (exit $pip_status); rerun it by hand to see why" >&2
+  exit 1
+fi
