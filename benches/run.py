@@ -47,6 +47,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 KEY = bytes(range(32))
+# Ed25519 seed of the publisher that signs the "signed" file (issue 11: signed vs unsigned load).
+SIGN_SEED = bytes(range(192, 224))
 # The prototype floor lives in the shared folder beside the repository (not shipped with it).
 FLOOR = Path(__file__).resolve().parents[2] / "shared" / "bench" / "floor.py"
 MARKER = "<!-- results -->"
@@ -181,12 +183,14 @@ def write_files(tensors, d: Path, peers: Peers) -> dict[str, Path]:
     p = {
         "st": d / "m.safetensors",
         "enc": d / "m.enct",
+        "enc_signed": d / "m.signed.enct",
         "ct": d / "m.crypto.safetensors",
         "tz": d / "m.tensors",
         "tvm": d / "m.params",
     }
     safetensors.numpy.save_file(tensors, str(p["st"]))
     enctensor.save(tensors, p["enc"], key=KEY)
+    enctensor.save(tensors, p["enc_signed"], key=KEY, sign_with=publisher())
     if peers.ct is not None:
         try:
             peers.ct.numpy.save_file(tensors, str(p["ct"]), config=peers.ct_config)
@@ -215,6 +219,12 @@ def write_files(tensors, d: Path, peers: Peers) -> dict[str, Path]:
 # loaders
 
 
+def publisher():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(SIGN_SEED)
+
+
 def loaders(files: dict[str, Path], tensors, peers: Peers, target_model):
     """name -> (callable, file it reads, label of the group it is compared in)."""
     import numpy as np
@@ -226,9 +236,15 @@ def loaders(files: dict[str, Path], tensors, peers: Peers, target_model):
     import enctensor.torch as et
     import enctensor.tvm as ev
 
+    verify_key = publisher().public_key()
     L: dict[str, tuple[Callable[[], object], Path]] = {
         "safetensors.numpy.load_file": (lambda: safetensors.numpy.load_file(str(files["st"])), files["st"]),
         "enctensor.load": (lambda: enctensor.load(files["enc"], key=KEY), files["enc"]),
+        # The same tensors, signed; every chunk's BLAKE3 digest checked against the signature.
+        "enctensor.load (signed, verify_with)": (
+            lambda: enctensor.load(files["enc_signed"], key=KEY, verify_with=verify_key),
+            files["enc_signed"],
+        ),
         "safetensors.torch.load_model": (
             lambda: safetensors.torch.load_model(target_model, str(files["st"])),
             files["st"],
@@ -236,6 +252,10 @@ def loaders(files: dict[str, Path], tensors, peers: Peers, target_model):
         "enctensor.torch.load_model": (
             lambda: et.load_model(target_model, files["enc"], key=KEY),
             files["enc"],
+        ),
+        "enctensor.torch.load_model (signed, verify_with)": (
+            lambda: et.load_model(target_model, files["enc_signed"], key=KEY, verify_with=verify_key),
+            files["enc_signed"],
         ),
         "enctensor.torch.load_file": (lambda: et.load_file(files["enc"], key=KEY), files["enc"]),
         "tvm.runtime.load_param_dict_from_file": (
@@ -815,6 +835,17 @@ def main() -> None:
                     rep.missing(what, peers.why.get(peer, "not measured"), f"≥ {tgt:g}")
                     continue
                 rep.target(what, res[cold][base] / res[cold][ours], tgt)
+        # Signed loads (verify_with: signature plus a BLAKE3 digest per chunk) against the same
+        # loader without a signature, measured in the same interleaved rounds (lower is better).
+        for ours in ("enctensor.load", "enctensor.torch.load_model"):
+            signed = f"{ours} (signed, verify_with)"
+            for cold in (False, True):
+                rep.target(
+                    f"{signed} / unsigned, {tag}, {'cold' if cold else 'warm'}",
+                    res[cold][signed] / res[cold][ours],
+                    1.25,
+                    higher=False,
+                )
 
         # saving
         st = {k: med(v) for k, v in measure_saves(tensors, sd, max(3, runs)).items()}

@@ -8,21 +8,36 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import _core
 from ._alloc import aligned_empty, destinations
 from ._dtypes import format_dtype, numpy_dtype
 from ._frameworks import converter
-from ._keys import check_keys, check_passphrase, opener, recipient_kwargs, sign_seed, verify_bytes
+from ._keys import (
+    KeyArg,
+    Passphrase,
+    Recipient,
+    SigningKey,
+    VerifyKey,
+    WriteKey,
+    check_keys,
+    check_passphrase,
+    opener,
+    recipient_kwargs,
+    sign_seed,
+    verify_bytes,
+)
 from ._slice import plan
-from .errors import TensorNotFoundError
+from .errors import IntegrityError, TensorNotFoundError
 
 PathLike = str | os.PathLike[str]
 # 256 KiB: a slice decrypts at most two chunks more than it needs; throughput is the same as
 # with 1 MiB chunks.
 DEFAULT_CHUNK_SIZE = 256 << 10
 DEFAULT_SCRYPT_LOG_N = 18
+#: Readers refuse a passphrase stanza whose scrypt work factor is above ``2**18`` (256 MiB,
+#: about a second) before running scrypt, unless the caller raises this (up to 20).
+DEFAULT_MAX_SCRYPT_LOG_N = 18
 
 __all__ = [
     "TensorSlice",
@@ -34,7 +49,55 @@ __all__ = [
     "safe_open",
     "save",
     "save_bytes",
+    "verify",
 ]
+
+
+def check_max_scrypt_log_n(n: object) -> int:
+    """``max_scrypt_log_n=``: an int from 10 to 20 (the format's range of scrypt work factors)."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"max_scrypt_log_n must be an int, not {type(n).__name__}")
+    if not 10 <= n <= 20:
+        raise ValueError(f"max_scrypt_log_n must be between 10 and 20, got {n}")
+    return n
+
+
+def check_expect_metadata(expect: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """``expect_metadata=``: entries the opened file must have, with exactly these values."""
+    if expect is None:
+        return ()
+    if not isinstance(expect, Mapping):
+        raise TypeError(f"expect_metadata must be a dict of str to str, not {type(expect).__name__}")
+    for k, v in expect.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"expect_metadata must map str to str; entry {k!r}: {type(v).__name__}")
+    return tuple(expect.items())
+
+
+def _short(value: str, limit: int = 80) -> str:
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
+def check_pinned_metadata(
+    metadata: Iterable[tuple[str, str]],
+    expected: Iterable[tuple[str, str]],
+    shown: str | os.PathLike[str] | None = None,
+) -> None:
+    """Raises :class:`IntegrityError` naming the first entry of ``expected`` that the (already
+    authenticated) ``metadata`` lacks or holds with another value: a rolled-back or other file."""
+    held = dict(metadata)
+    where = f"{os.fspath(shown)}: " if shown is not None else ""
+    for name, value in expected:
+        if name not in held:
+            raise IntegrityError(
+                f"{where}the metadata has no entry {name!r}, which expect_metadata requires to be"
+                f" {_short(value)} (an older or another file?)"
+            )
+        if held[name] != value:
+            raise IntegrityError(
+                f"{where}the metadata entry {name!r} is {_short(held[name])}, but expect_metadata requires"
+                f" {_short(value)} (an older or another file?)"
+            )
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> list[tuple[str, str]]:
@@ -77,10 +140,10 @@ def _tensor_rows(
 
 
 def _write_args(
-    key: Any,
-    passphrase: Any,
-    recipients: Any,
-    sign_with: Any,
+    key: object,
+    passphrase: object,
+    recipients: object,
+    sign_with: object,
     metadata: Mapping[str, str] | None,
     chunk_size: int,
     scrypt_log_n: int,
@@ -105,10 +168,10 @@ def save(
     tensors: Mapping[str, np.ndarray],
     path: PathLike,
     *,
-    key: bytes | Iterable[bytes] | None = None,
-    passphrase: str | None = None,
-    recipients: Iterable[Any] = (),
-    sign_with: Ed25519PrivateKey | None = None,
+    key: WriteKey | Iterable[WriteKey] | None = None,
+    passphrase: Passphrase | None = None,
+    recipients: Recipient | Iterable[Recipient] = (),
+    sign_with: SigningKey | None = None,
     metadata: Mapping[str, str] | None = None,
     plaintext: Iterable[str] = (),
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -116,11 +179,15 @@ def save(
 ) -> None:
     """Encrypts ``tensors`` to ``path`` atomically (temporary file, fsync, rename).
 
-    Whoever holds any of these can open the file: ``key``, 32 raw bytes (or several keys);
-    ``recipients``, X25519 or RSA public keys (``cryptography`` objects, PEM files, or the
-    one-line ``x25519:<hex>`` form); or ``passphrase`` (scrypt; it must be the only way in).
-    ``sign_with`` (an Ed25519 private key) signs the file for ``load(..., verify_with=...)``.
-    Tensors named in ``plaintext`` are stored unencrypted but still authenticated.
+    Whoever holds any of these can open the file: ``key``, 32 raw bytes or a
+    ``pathlib.Path`` to a key file (or several of those); ``recipients``, X25519 or RSA public
+    keys (``cryptography`` objects, their one-line ``x25519:<hex>`` or PEM text, or a
+    ``pathlib.Path`` to a file of one); or ``passphrase`` (``str`` or UTF-8 bytes; scrypt; it
+    must be the only way in). A ``str`` is never taken as a key or as a key file's path
+    (``TypeError``): read a key file named by a string with :func:`enctensor.read_key_file`.
+    ``sign_with`` (an Ed25519 private key, or a ``pathlib.Path`` to its PEM file) signs the
+    file for ``load(..., verify_with=...)``. Tensors named in ``plaintext`` are stored
+    unencrypted but still authenticated.
     """
     rows = _tensor_rows(tensors, plaintext)
     args = _write_args(key, passphrase, recipients, sign_with, metadata, chunk_size, scrypt_log_n)
@@ -130,10 +197,10 @@ def save(
 def save_bytes(
     tensors: Mapping[str, np.ndarray],
     *,
-    key: bytes | Iterable[bytes] | None = None,
-    passphrase: str | None = None,
-    recipients: Iterable[Any] = (),
-    sign_with: Ed25519PrivateKey | None = None,
+    key: WriteKey | Iterable[WriteKey] | None = None,
+    passphrase: Passphrase | None = None,
+    recipients: Recipient | Iterable[Recipient] = (),
+    sign_with: SigningKey | None = None,
     metadata: Mapping[str, str] | None = None,
     plaintext: Iterable[str] = (),
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -149,18 +216,44 @@ def _stanza_list(info: tuple[Any, ...]) -> list[dict[str, Any]]:
     return [dict(fields) for fields in info[2]]
 
 
-def _open(path: PathLike, key: Any, passphrase: Any, verify_with: Any = None) -> _core.Reader:
+def _open(
+    path: PathLike,
+    key: object,
+    passphrase: object,
+    verify_with: object = None,
+    *,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+) -> _core.Reader:
+    """Opens and authenticates ``path`` (MAC, and the signature when ``verify_with`` is
+    given), then checks the ``expect_metadata`` pins."""
+    pins = check_expect_metadata(expect_metadata)
+    cap = check_max_scrypt_log_n(max_scrypt_log_n)
+    verify_key = verify_bytes(verify_with)
     p = os.fspath(path)
     how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_file(p)))
-    return _core.Reader(p, **how, verify_key=verify_bytes(verify_with))
+    reader = _core.Reader(p, **how, verify_key=verify_key, max_scrypt_log_n=cap)
+    check_pinned_metadata(reader.metadata(), pins, p)
+    return reader
 
 
 def _open_bytes(
-    data: bytes | bytearray | memoryview, key: Any, passphrase: Any, verify_with: Any = None
+    data: bytes | bytearray | memoryview,
+    key: object,
+    passphrase: object,
+    verify_with: object = None,
+    *,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> _core.Reader:
+    pins = check_expect_metadata(expect_metadata)
+    cap = check_max_scrypt_log_n(max_scrypt_log_n)
+    verify_key = verify_bytes(verify_with)
     raw = bytes(data)
     how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_bytes(raw)))
-    return _core.Reader.from_bytes(raw, **how, verify_key=verify_bytes(verify_with))
+    reader = _core.Reader.from_bytes(raw, **how, verify_key=verify_key, max_scrypt_log_n=cap)
+    check_pinned_metadata(reader.metadata(), pins)
+    return reader
 
 
 def read_all(reader: _core.Reader) -> dict[str, np.ndarray]:
@@ -177,29 +270,84 @@ def read_all(reader: _core.Reader) -> dict[str, np.ndarray]:
 def load(
     path: PathLike,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
-    verify_with: Ed25519PublicKey | None = None,
+    key: KeyArg | None = None,
+    passphrase: Passphrase | None = None,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> dict[str, np.ndarray]:
     """Decrypts and verifies every tensor of ``path`` into numpy arrays (file order).
 
-    ``key`` is 32 raw bytes, an X25519 or RSA private key (object or PEM file path), or a key
-    provider: a callable that gets the file's stanza descriptions and returns any of those,
-    or a :class:`FileKey` it unwrapped itself (KMS, HSM, TEE). ``verify_with`` (an Ed25519
-    public key) requires a valid publisher signature.
+    ``key`` is 32 raw bytes, an X25519 or RSA private key object, a ``pathlib.Path`` to a key
+    file (``enctensor keygen``'s, or a PEM private key), or a key provider: a callable that
+    gets the file's stanza descriptions and returns any of those, or a :class:`FileKey` it
+    unwrapped itself (KMS, HSM, TEE). A ``str`` is never taken as a key or a path
+    (``TypeError``, which does not show it): use :func:`enctensor.read_key_file` for a key file
+    named by a string. ``passphrase`` is a ``str`` or UTF-8 bytes.
+
+    ``verify_with`` (an ``Ed25519PublicKey``, its 32 raw bytes, the ``ed25519:<hex>`` text the
+    CLI prints, or a ``pathlib.Path`` to a file of one) requires a valid publisher signature.
+    ``expect_metadata`` pins a release: after the file is authenticated, each entry must be in
+    its metadata with exactly that value, else :class:`IntegrityError` naming it (a signature
+    binds no version: this is how a rolled-back file is refused). ``max_scrypt_log_n`` (10 to
+    20, default 18) is the largest scrypt work factor a passphrase-protected file may ask for;
+    a costlier one is refused with :class:`FormatError` before scrypt runs.
     """
-    return read_all(_open(path, key, passphrase, verify_with))
+    return read_all(
+        _open(
+            path,
+            key,
+            passphrase,
+            verify_with,
+            expect_metadata=expect_metadata,
+            max_scrypt_log_n=max_scrypt_log_n,
+        )
+    )
 
 
 def load_bytes(
     data: bytes | bytearray | memoryview,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
-    verify_with: Ed25519PublicKey | None = None,
+    key: KeyArg | None = None,
+    passphrase: Passphrase | None = None,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> dict[str, np.ndarray]:
     """Like :func:`load`, from the bytes of a file."""
-    return read_all(_open_bytes(data, key, passphrase, verify_with))
+    return read_all(
+        _open_bytes(
+            data,
+            key,
+            passphrase,
+            verify_with,
+            expect_metadata=expect_metadata,
+            max_scrypt_log_n=max_scrypt_log_n,
+        )
+    )
+
+
+def verify(
+    path: PathLike,
+    *,
+    key: KeyArg | None = None,
+    passphrase: Passphrase | None = None,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+) -> None:
+    """Checks the header MAC and every chunk of ``path`` (and, with ``verify_with``, the
+    publisher signature and every chunk digest) without keeping any plaintext; raises
+    :class:`WrongKeyError`, :class:`IntegrityError`, :class:`SignatureError` or
+    :class:`FormatError`. The arguments are those of :func:`load`."""
+    _open(
+        path,
+        key,
+        passphrase,
+        verify_with,
+        expect_metadata=expect_metadata,
+        max_scrypt_log_n=max_scrypt_log_n,
+    ).verify()
 
 
 def _inspection(info: tuple[Any, ...]) -> dict[str, Any]:
@@ -235,25 +383,31 @@ def inspect_bytes(data: bytes | bytearray | memoryview) -> dict[str, Any]:
 def rekey(
     path: PathLike,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
-    new_keys: Iterable[bytes] = (),
-    new_recipients: Iterable[Any] = (),
-    new_passphrase: str | None = None,
+    key: KeyArg | None = None,
+    passphrase: Passphrase | None = None,
+    new_keys: Iterable[WriteKey] = (),
+    new_recipients: Recipient | Iterable[Recipient] = (),
+    new_passphrase: Passphrase | None = None,
     scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> str:
     """Replaces who can open ``path``: opened with ``key`` or ``passphrase``, its stanzas are
     replaced by ones for ``new_keys``, ``new_recipients`` and ``new_passphrase``. Tensor bytes,
     header, MAC and any signature are untouched. Usually one single-page write
     (``"in-place"``); when the new stanzas do not fit, the file is rewritten atomically with the
     tensor bytes copied unchanged (``"rewritten"``). The file key stays the same: whoever knew
-    it keeps access; to revoke, re-encrypt with :func:`save`.
+    it keeps access; to revoke, re-encrypt with :func:`save`. Keys, passphrases and
+    ``max_scrypt_log_n`` are taken as by :func:`load` and :func:`save`.
     """
+    cap = check_max_scrypt_log_n(max_scrypt_log_n)
+    if isinstance(new_keys, str | bytes | bytearray | memoryview | os.PathLike):
+        keys = check_keys(new_keys, "new_keys")
+    else:
+        keys = check_keys(list(new_keys), "new_keys")
+    public = recipient_kwargs(new_recipients)
+    new_p = check_passphrase(new_passphrase, "new_passphrase")
     p = os.fspath(path)
     how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_file(p)))
-    public = recipient_kwargs(new_recipients)
-    new_p = check_passphrase(new_passphrase)
-    keys = check_keys(list(new_keys))
     if not keys and new_p is None and not public["x25519"] and not public["rsa_spki"]:
         raise ValueError("rekey needs at least one new key, recipient or passphrase")
     return _core.rekey(
@@ -264,6 +418,7 @@ def rekey(
         new_x25519=public["x25519"],
         new_rsa_spki=public["rsa_spki"],
         log_n=scrypt_log_n,
+        max_scrypt_log_n=cap,
     )
 
 
@@ -318,20 +473,30 @@ class safe_open:
     """Opens an encrypted file for random access: ``keys()``, ``metadata()``,
     ``get_tensor(name)``, ``get_slice(name)[...]``. The key is checked and the header
     authenticated on open; each tensor is verified as it is read. ``device`` (torch or TVM
-    frameworks) puts the tensors on that device, as in safetensors."""
+    frameworks) puts the tensors on that device, as in safetensors. ``key``, ``passphrase``,
+    ``verify_with``, ``expect_metadata`` and ``max_scrypt_log_n`` are those of :func:`load`."""
 
     def __init__(
         self,
         path: PathLike,
         *,
-        key: Any = None,
-        passphrase: str | None = None,
+        key: KeyArg | None = None,
+        passphrase: Passphrase | None = None,
         framework: str = "numpy",
         device: Any = None,
-        verify_with: Ed25519PublicKey | None = None,
+        verify_with: VerifyKey | None = None,
+        expect_metadata: Mapping[str, str] | None = None,
+        max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
     ) -> None:
         self._convert = converter(framework, device)
-        self._reader: _core.Reader | None = _open(path, key, passphrase, verify_with)
+        self._reader: _core.Reader | None = _open(
+            path,
+            key,
+            passphrase,
+            verify_with,
+            expect_metadata=expect_metadata,
+            max_scrypt_log_n=max_scrypt_log_n,
+        )
         self._rows = {row[0]: (i, row) for i, row in enumerate(self._reader.tensors())}
         self._metadata = dict(self._reader.metadata())
 

@@ -40,6 +40,7 @@ class Reader:
         rsa_pkcs8: bytes | None = None,
         file_key: bytes | None = None,
         verify_key: bytes | None = None,
+        max_scrypt_log_n: int = 18,
     ) -> Reader: ...
     @staticmethod
     def from_bytes(
@@ -51,6 +52,7 @@ class Reader:
         rsa_pkcs8: bytes | None = None,
         file_key: bytes | None = None,
         verify_key: bytes | None = None,
+        max_scrypt_log_n: int = 18,
     ) -> Reader: ...
     def tensors(self) -> list[_TensorRow]: ...
     @property
@@ -102,4 +104,5 @@ def rekey(
     new_x25519: Sequence[bytes] | None = None,
     new_rsa_spki: Sequence[bytes] | None = None,
     log_n: int = 18,
+    max_scrypt_log_n: int = 18,
 ) -> str: ...

@@ -28,8 +28,15 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa, x25519
 
 from . import FORMAT_VERSION, __version__, generate_key
 from . import _api as api
-from ._api import DEFAULT_CHUNK_SIZE
-from ._keys import X25519_TEXT_PREFIX, x25519_public_text
+from ._api import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_SCRYPT_LOG_N
+from ._keys import (
+    ED25519_TEXT_PREFIX,
+    KEY_SIZE,
+    MAX_KEY_FILE,
+    X25519_TEXT_PREFIX,
+    ed25519_public_text,
+    x25519_public_text,
+)
 from .convert import FORMATS, decrypt_file, detect_format, encrypt_file, rekey_file, verify_file
 from .errors import FormatError, IntegrityError, WrongKeyError
 
@@ -44,12 +51,8 @@ EXIT_INTERRUPTED = 130
 PASSPHRASE_ENV = "ENCTENSOR_PASSPHRASE"
 NEW_PASSPHRASE_ENV = "ENCTENSOR_NEW_PASSPHRASE"
 DEBUG_ENV = "ENCTENSOR_DEBUG"
-KEY_SIZE = 32
-ED25519_TEXT_PREFIX = "ed25519:"
 RSA_BITS = (2048, 3072, 4096)
 DEFAULT_RSA_BITS = 3072
-#: Key files are small; anything larger is not one (and is not read whole).
-MAX_KEY_FILE = 1 << 20
 
 _EPILOG = """\
 exit status: 0 success, 1 I/O or other error, 2 usage error, 3 wrong key, identity or
@@ -57,7 +60,9 @@ passphrase, 4 integrity failure (the file was modified or corrupted, or its publ
 signature is missing or not by the --verify-with key), 5 not a valid file of its format.
 
 Passphrases are never taken from the command line: --passphrase reads ENCTENSOR_PASSPHRASE
-if it is set, and otherwise asks on the terminal (--new-passphrase: ENCTENSOR_NEW_PASSPHRASE)."""
+if it is set, and otherwise asks on the terminal (--new-passphrase: ENCTENSOR_NEW_PASSPHRASE).
+Keys are given as files, never as text on the command line; no error message shows a key, a
+passphrase, or an argument given where a key file was expected that cannot be read."""
 
 _KEYS_EPILOG = """\
 Kinds of keys:
@@ -93,10 +98,60 @@ _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 _LOWER_HEX_64 = re.compile(r"[0-9a-f]{64}")
 
 
-def _read_small(path: str) -> bytes:
-    """A key file's bytes (at most ``MAX_KEY_FILE``; a larger file is not a key file)."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_KEY_FILE + 1)
+#: Options (and arguments) that name a file holding a secret key: what each is called in errors.
+_SECRET_FILE_OPTIONS = {
+    "-k/--key-file": "key file",
+    "--new-key-file": "key file",
+    "-i/--identity": "private key file",
+    "-s/--sign-with": "signing key file",
+    "KEY": "private key file",
+}
+
+
+def _looks_like_a_key(text: str) -> bool:
+    t = text.strip()
+    return bool(
+        re.fullmatch(r"(?:x25519:|ed25519:)?[0-9a-fA-F]{32,}", t)
+        or re.fullmatch(r"[A-Za-z0-9+/=_-]{40,}", t)
+        or t.upper().startswith("AGE-SECRET-KEY-")
+        or "PRIVATE KEY" in t
+    )
+
+
+def _unreadable(e: OSError, text: str, option: str) -> CliError:
+    """The error for a key file argument that cannot be opened. It never shows the argument:
+    it may be a key, or a passphrase, typed where a file name was expected."""
+    reason = "no such file" if e.errno == errno.ENOENT else (e.strerror or "cannot be opened").lower()
+    kind = _SECRET_FILE_OPTIONS.get(option, "key file")
+    given = f"given with {option}" if option.startswith("-") else f"given as {option}"
+    if _looks_like_a_key(text):
+        hint = (
+            "it looks like a key itself: keys are never given on the command line, where other users"
+            " can see them; put it in a file readable by you only (as `enctensor keygen FILE` writes"
+            " one) and give the file's name"
+        )
+    else:
+        hint = _OS_HINTS.get(e.errno or -1, "check the path")
+    return CliError(
+        EXIT_IO, None, f"cannot read the {kind} {given}: {reason} (the value given is not shown)", hint
+    )
+
+
+def _read_small(path: str, option: str | None = None) -> bytes:
+    """A key file's bytes (at most ``MAX_KEY_FILE``; a larger file is not a key file). When
+    ``option`` names a secret key option, an error opening it does not show the argument."""
+    failure: OSError | None = None
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEY_FILE + 1)
+    except OSError as e:
+        if option is None:
+            raise
+        failure = e
+    if failure is not None:
+        assert option is not None
+        # Raised outside the except block: no chained exception names the argument either.
+        raise _unreadable(failure, path, option) from None
     if len(data) > MAX_KEY_FILE:
         raise CliError(EXIT_USAGE, path, "too large to be a key file", "check the path")
     return data
@@ -121,9 +176,9 @@ def _is_pem(data: bytes, kind: str) -> bool:
     return f"{kind} KEY-----".encode() in data
 
 
-def read_key_file(path: str) -> bytes:
+def read_key_file(path: str, option: str = "-k/--key-file") -> bytes:
     """A key from a file of 32 raw bytes, or of 64 hex characters."""
-    data = _read_small(path)
+    data = _read_small(path, option)
     key = _raw_key(data)
     if key is not None:
         return key
@@ -149,9 +204,9 @@ def read_key_file(path: str) -> bytes:
     )
 
 
-def read_private_key(path: str) -> Any:
+def read_private_key(path: str, option: str = "-i/--identity") -> Any:
     """An unencrypted PEM (PKCS#8, or the traditional formats) private key file."""
-    data = _read_small(path)
+    data = _read_small(path, option)
     if not _is_pem(data, "PRIVATE"):
         if _is_pem(data, "PUBLIC") or data.lstrip().startswith((b"x25519:", b"ed25519:")):
             raise CliError(
@@ -170,19 +225,22 @@ def read_private_key(path: str) -> Any:
             "not a PEM private key file",
             "make one with `enctensor keygen --x25519 FILE` (or --rsa, --ed25519)",
         )
+    failure: CliError | None = None
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise CliError(
+        failure = CliError(
             EXIT_USAGE,
             path,
             "is a password-protected private key, which enctensor cannot read",
             "write an unprotected copy readable by you only, e.g. `openssl pkey -in KEY -out PLAIN`",
-        ) from None
+        )
     except (ValueError, UnsupportedAlgorithm):
-        raise CliError(
+        failure = CliError(
             EXIT_USAGE, path, "not a valid PEM private key (or of a kind enctensor does not know)"
-        ) from None
+        )
+    # Raised outside the except blocks: no chained exception carries the key's bytes.
+    raise failure from None
 
 
 def _check_rsa_size(path: str, bits: int) -> None:
@@ -204,7 +262,7 @@ def _kind(key: object) -> str:
 
 def read_identity(path: str) -> x25519.X25519PrivateKey | rsa.RSAPrivateKey:
     """An X25519 or RSA private key file, to decrypt with."""
-    key = read_private_key(path)
+    key = read_private_key(path, "-i/--identity")
     if isinstance(key, rsa.RSAPrivateKey):
         _check_rsa_size(path, key.key_size)
         return key
@@ -216,7 +274,7 @@ def read_identity(path: str) -> x25519.X25519PrivateKey | rsa.RSAPrivateKey:
 
 def read_signing_key(path: str) -> ed25519.Ed25519PrivateKey:
     """An Ed25519 private key file, to sign with."""
-    key = read_private_key(path)
+    key = read_private_key(path, "-s/--sign-with")
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise CliError(
             EXIT_USAGE,
@@ -229,7 +287,7 @@ def read_signing_key(path: str) -> ed25519.Ed25519PrivateKey:
 
 def _shown_arg(text: str) -> str | None:
     """How to name a command-line argument in an error: not at all if it might be a key."""
-    if len(text) > 200 or re.fullmatch(r"[0-9a-fA-F]{32,}", text.strip()):
+    if len(text) > 200 or _looks_like_a_key(text):
         return None
     return text
 
@@ -251,13 +309,23 @@ def _public_key_text_or_file(text: str, option: str) -> tuple[str, str | None, o
     that is a one-line public key or a file holding one or a PEM public key."""
     if text.startswith((X25519_TEXT_PREFIX, ED25519_TEXT_PREFIX)):
         return text.strip(), None, None
+    failure: OSError | None = None
     try:
         data = _read_small(text)
-    except FileNotFoundError:
+    except OSError as e:
+        failure = e
+    if failure is not None:
+        shown = _shown_arg(text)
+        reason = (
+            "no such file"
+            if failure.errno == errno.ENOENT
+            else (failure.strerror or "cannot be read").lower()
+        )
         raise CliError(
             EXIT_IO,
-            _shown_arg(text),
-            f"no such file (the {option} argument is a one-line public key or a PEM public key file)",
+            shown,
+            f"{reason} (the {option} argument is a one-line public key or a PEM public key file"
+            + (")" if shown else "; the value given is not shown)"),
             "check the path, or give x25519:<hex> / ed25519:<hex> as `enctensor keygen` printed it",
         ) from None
     stripped = data.strip()
@@ -322,11 +390,6 @@ def read_verify_key(text: str) -> ed25519.Ed25519PublicKey:
     if isinstance(key, ed25519.Ed25519PublicKey):
         return key
     raise CliError(EXIT_USAGE, where, f"is {_kind(key)}; --verify-with takes an Ed25519 public key")
-
-
-def ed25519_public_text(key: ed25519.Ed25519PublicKey) -> str:
-    """The one-line form of a signature verification key: ``ed25519:`` and 64 hex digits."""
-    return ED25519_TEXT_PREFIX + key.public_bytes_raw().hex()
 
 
 def public_text(key: object) -> str:
@@ -428,13 +491,19 @@ def _current_credentials(args: argparse.Namespace) -> dict[str, Any]:
         )
     keys: list[Any] = [read_key_file(k) for k in args.key_file or ()]
     keys += [read_identity(i) for i in args.identity or ()]
-    return {"key": keys} if keys else {"passphrase": None}
+    creds: dict[str, Any] = {"key": keys} if keys else {"passphrase": None}
+    creds["max_scrypt_log_n"] = args.max_scrypt_log_n
+    return creds
 
 
 def credentials(args: argparse.Namespace) -> dict[str, Any]:
     """``key=`` or ``passphrase=``, and ``verify_with=``, for the converters (decrypt, verify)."""
     creds = _current_credentials(args)
     creds["verify_with"] = read_verify_key(args.verify_with) if args.verify_with else None
+    if args.expect_metadata:
+        creds["expect_metadata"] = dict(args.expect_metadata)
+    if args.expect_checkpoint is not None:
+        creds["expect_checkpoint"] = args.expect_checkpoint
     if "passphrase" in creds:
         creds["passphrase"] = read_passphrase(confirm=False)
     return creds
@@ -619,7 +688,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
-    key = read_private_key(args.key)
+    key = read_private_key(args.key, "KEY")
     if not isinstance(key, x25519.X25519PrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
         raise CliError(EXIT_USAGE, args.key, f"is {_kind(key)}; enctensor uses X25519, RSA and Ed25519 keys")
     sys.stdout.write(public_text(key))
@@ -699,7 +768,13 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     progress = _progress(args, f"decrypting {os.path.basename(args.input)}")
     try:
         result = decrypt_file(
-            args.input, args.output, format=args.format, overwrite=args.force, progress=progress, **creds
+            args.input,
+            args.output,
+            format=args.format,
+            overwrite=args.force,
+            mode=args.mode,
+            progress=progress,
+            **creds,
         )
     finally:
         progress.close()
@@ -842,7 +917,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
             "give --new-key-file FILE, --new-recipient PUB (each may be repeated) or --new-passphrase",
         )
     current = _current_credentials(args)
-    new_keys = [read_key_file(k) for k in args.new_key_file or ()]
+    new_keys = [read_key_file(k, "--new-key-file") for k in args.new_key_file or ()]
     new_recipients = [read_recipient(r) for r in args.new_recipient or ()]
     if "passphrase" in current:
         current["passphrase"] = read_passphrase(confirm=False)
@@ -897,6 +972,22 @@ def _log_n(text: str) -> int:
     return n
 
 
+def _metadata_pin(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    return key, value
+
+
+def _octal_mode(text: str) -> int:
+    digits = text.strip().lower().removeprefix("0o")
+    if not re.fullmatch(r"[0-7]{1,4}", digits) or int(digits, 8) > 0o777:
+        raise argparse.ArgumentTypeError(
+            f"not a file mode: {text!r} (octal permission bits, e.g. 600 or 0644)"
+        )
+    return int(digits, 8)
+
+
 class _Formatter(argparse.HelpFormatter):
     """Wraps one-line paragraphs of descriptions and epilogs to the terminal; keeps paragraphs
     that are laid out by hand (several lines: examples, lists) as they are."""
@@ -926,6 +1017,11 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        # argparse quotes arguments it did not expect: a key pasted onto the command line must
+        # not be echoed back.
+        message = re.sub(
+            r"(?:x25519:|ed25519:)?[0-9a-fA-F]{32,}|[A-Za-z0-9+/=_-]{40,}", "<not shown>", message
+        )
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"enctensor: error: {message} — see `{self.prog} --help`\n")
 
@@ -953,7 +1049,30 @@ def _add_open_options(p: argparse.ArgumentParser, verify: bool = True) -> None:
         action="store_true",
         help=f"use a passphrase: from ${PASSPHRASE_ENV} if set, else asked on the terminal",
     )
+    p.add_argument(
+        "--max-scrypt-log-n",
+        type=_log_n,
+        default=DEFAULT_MAX_SCRYPT_LOG_N,
+        metavar="N",
+        help=f"open a passphrase-protected file only if its scrypt work factor is at most 2^N, 10..20"
+        f" (default {DEFAULT_MAX_SCRYPT_LOG_N}: 256 MiB, about a second a try; 20 is 1 GiB and several"
+        " seconds): a costlier file is refused before scrypt runs",
+    )
     if verify:
+        p.add_argument(
+            "--expect-metadata",
+            action="append",
+            type=_metadata_pin,
+            metavar="KEY=VALUE",
+            help="require this metadata entry with exactly this value in every file read (checked after"
+            " the MAC and signature; exit status 4 otherwise): pins a release, e.g. version=3; repeatable",
+        )
+        p.add_argument(
+            "--expect-checkpoint",
+            metavar="ID",
+            help="for a sharded checkpoint: require its checkpoint id (the 32 hex digits `inspect` shows in"
+            " a shard's enctensor.shard entry), so a whole set rolled back to another release is refused",
+        )
         g.add_argument(
             "--verify-with",
             metavar="PUBLISHER_KEY",
@@ -1122,6 +1241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUT")
     _add_open_options(p)
     p.add_argument("--format", choices=FORMATS, help="the output format")
+    p.add_argument(
+        "--mode",
+        type=_octal_mode,
+        metavar="MODE",
+        help="permissions of the plaintext files written, in octal, e.g. 640 (default: 600, readable"
+        " by you only; a file replaced with --force keeps its mode)",
+    )
     p.set_defaults(run=cmd_decrypt)
 
     p = sub.add_parser(

@@ -26,7 +26,9 @@ class WrongKeyError(EncTensorError):
 
 
 class IntegrityError(EncTensorError):
-    """The header MAC or a chunk tag failed: the file was modified or corrupted."""
+    """The header MAC, a chunk tag or a chunk digest failed: the file was modified or
+    corrupted; or a metadata entry pinned with ``expect_metadata`` is missing or differs (an
+    older or another file)."""
 
 
 class SignatureError(IntegrityError):

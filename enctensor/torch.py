@@ -28,8 +28,10 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
 
 from . import _api, _core
 from ._alloc import small_destinations
+from ._api import DEFAULT_MAX_SCRYPT_LOG_N
 from ._dtypes import numpy_dtype
 from ._frameworks import register
+from ._keys import KeyArg, Passphrase, VerifyKey, WriteKey
 from .errors import FormatError
 
 __all__ = ["load", "load_file", "load_model", "save", "save_file", "save_model"]
@@ -217,8 +219,8 @@ def save_file(
     tensors: Mapping[str, torch.Tensor],
     path: PathLike,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
+    key: WriteKey | Iterable[WriteKey] | None = None,
+    passphrase: Passphrase | None = None,
     metadata: Mapping[str, str] | None = None,
     **options: Any,
 ) -> None:
@@ -227,8 +229,9 @@ def save_file(
 
     Tensors must be dense and contiguous and must not share memory (use :func:`save_model`
     for a model with tied weights). Tensors on other devices are copied to the CPU first.
-    ``key`` is 32 raw bytes (or several keys, any of which opens the file); ``passphrase``
-    derives a key with scrypt instead. ``options`` are those of :func:`enctensor.save`
+    ``key`` is 32 raw bytes or a ``pathlib.Path`` to a key file (or several, any of which
+    opens the file; never a ``str``); ``passphrase`` (``str`` or UTF-8 bytes) derives a key
+    with scrypt instead. ``options`` are those of :func:`enctensor.save`
     (``plaintext`` names tensors stored unencrypted but authenticated; ``recipients``,
     ``sign_with``, ``chunk_size``, ``scrypt_log_n``).
     """
@@ -238,8 +241,8 @@ def save_file(
 def save(
     tensors: Mapping[str, torch.Tensor],
     *,
-    key: Any = None,
-    passphrase: str | None = None,
+    key: WriteKey | Iterable[WriteKey] | None = None,
+    passphrase: Passphrase | None = None,
     metadata: Mapping[str, str] | None = None,
     **options: Any,
 ) -> bytes:
@@ -251,8 +254,8 @@ def save_model(
     model: torch.nn.Module,
     path: PathLike,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
+    key: WriteKey | Iterable[WriteKey] | None = None,
+    passphrase: Passphrase | None = None,
     metadata: Mapping[str, str] | None = None,
     force_contiguous: bool = True,
     **options: Any,
@@ -350,33 +353,53 @@ def _read_all(reader: _core.Reader, device: Device) -> dict[str, torch.Tensor]:
 def load_file(
     path: PathLike,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
+    key: KeyArg | None = None,
+    passphrase: Passphrase | None = None,
     device: Device = "cpu",
-    **options: Any,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> dict[str, torch.Tensor]:
     """Decrypts and verifies every tensor of ``path`` into new torch tensors (file order),
     like ``safetensors.torch.load_file``.
 
     ``device`` is a torch device (an integer means ``cuda:N``). For CUDA the bytes are
     decrypted into pinned host memory and copied to the device; the tensors are on the device
-    when this returns. ``key``, ``passphrase`` and ``options`` (``verify_with``) are those of
-    :func:`enctensor.load`. Raises :class:`enctensor.WrongKeyError` if the key does not open
+    when this returns. ``key``, ``passphrase``, ``verify_with``, ``expect_metadata`` and
+    ``max_scrypt_log_n`` are those of :func:`enctensor.load`. Raises :class:`enctensor.WrongKeyError` if the key does not open
     the file and :class:`enctensor.IntegrityError` if any byte was modified.
     """
-    return _read_all(_api._open(path, key, passphrase, **options), device)
+    reader = _api._open(
+        path,
+        key,
+        passphrase,
+        verify_with,
+        expect_metadata=expect_metadata,
+        max_scrypt_log_n=max_scrypt_log_n,
+    )
+    return _read_all(reader, device)
 
 
 def load(
     data: bytes | bytearray | memoryview,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
+    key: KeyArg | None = None,
+    passphrase: Passphrase | None = None,
     device: Device = "cpu",
-    **options: Any,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> dict[str, torch.Tensor]:
     """Like :func:`load_file`, from the bytes of a file (as ``safetensors.torch.load``)."""
-    return _read_all(_api._open_bytes(data, key, passphrase, **options), device)
+    reader = _api._open_bytes(
+        data,
+        key,
+        passphrase,
+        verify_with,
+        expect_metadata=expect_metadata,
+        max_scrypt_log_n=max_scrypt_log_n,
+    )
+    return _read_all(reader, device)
 
 
 def _quoted(names: Iterable[str]) -> str:
@@ -387,10 +410,12 @@ def load_model(
     model: torch.nn.Module,
     path: PathLike,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
+    key: KeyArg | None = None,
+    passphrase: Passphrase | None = None,
     strict: bool = True,
-    **options: Any,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> tuple[list[str], list[str]]:
     """Decrypts ``path`` straight into the storage of ``model``'s parameters and buffers, like
     ``safetensors.torch.load_model``, and returns ``(missing, unexpected)``.
@@ -406,10 +431,18 @@ def load_model(
     the checkpoint first). The model is then filled in one parallel pass over the file. Module
     ``_load_from_state_dict`` hooks are not called. If a chunk fails to verify,
     :class:`enctensor.IntegrityError` is raised and every tensor that was being loaded is left
-    zeroed, so no unverified plaintext stays in the model. ``key``, ``passphrase`` and
-    ``options`` (``verify_with``) are those of :func:`enctensor.load`.
+    zeroed, so no unverified plaintext stays in the model. ``key``, ``passphrase``,
+    ``verify_with``, ``expect_metadata`` and ``max_scrypt_log_n`` are those of
+    :func:`enctensor.load`.
     """
-    reader = _api._open(path, key, passphrase, **options)
+    reader = _api._open(
+        path,
+        key,
+        passphrase,
+        verify_with,
+        expect_metadata=expect_metadata,
+        max_scrypt_log_n=max_scrypt_log_n,
+    )
     rows = reader.tensors()
     in_file = {row[0]: i for i, row in enumerate(rows)}
     state = model.state_dict()

@@ -30,8 +30,10 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
 
 from . import _api, _core
 from ._alloc import aligned_empty, small_destinations
+from ._api import DEFAULT_MAX_SCRYPT_LOG_N
 from ._dtypes import numpy_dtype
 from ._frameworks import register
+from ._keys import KeyArg, Passphrase, VerifyKey, WriteKey
 from .errors import FormatError
 
 __all__ = ["load", "load_bytes", "save", "save_bytes"]
@@ -126,32 +128,53 @@ def _read_all(reader: _core.Reader, device: Any) -> dict[str, tvm.runtime.Tensor
 def load(
     path: PathLike,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
+    key: KeyArg | None = None,
+    passphrase: Passphrase | None = None,
     device: Any = None,
-    **options: Any,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> dict[str, tvm.runtime.Tensor]:
     """Decrypts and verifies every tensor of ``path`` into ``tvm.runtime.Tensor``s (file order).
 
     With ``device`` unset (or a CPU device) each tensor is allocated by TVM and decrypted into
     in place; another device (``tvm.cuda(0)``, ``"cuda:0"``) gets a copy of each. ``key``,
-    ``passphrase`` and ``options`` (``verify_with``) are those of :func:`enctensor.load`.
+    ``passphrase``, ``verify_with``, ``expect_metadata`` and ``max_scrypt_log_n`` are those of
+    :func:`enctensor.load`.
     Raises :class:`enctensor.WrongKeyError` if the key does not open the file and
     :class:`enctensor.IntegrityError` if any byte was modified.
     """
-    return _read_all(_api._open(path, key, passphrase, **options), device)
+    reader = _api._open(
+        path,
+        key,
+        passphrase,
+        verify_with,
+        expect_metadata=expect_metadata,
+        max_scrypt_log_n=max_scrypt_log_n,
+    )
+    return _read_all(reader, device)
 
 
 def load_bytes(
     data: bytes | bytearray | memoryview,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
+    key: KeyArg | None = None,
+    passphrase: Passphrase | None = None,
     device: Any = None,
-    **options: Any,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> dict[str, tvm.runtime.Tensor]:
     """Like :func:`load`, from the bytes of a file."""
-    return _read_all(_api._open_bytes(data, key, passphrase, **options), device)
+    reader = _api._open_bytes(
+        data,
+        key,
+        passphrase,
+        verify_with,
+        expect_metadata=expect_metadata,
+        max_scrypt_log_n=max_scrypt_log_n,
+    )
+    return _read_all(reader, device)
 
 
 def _array(name: str, value: Any) -> np.ndarray:
@@ -191,16 +214,17 @@ def save(
     params: Params,
     path: PathLike,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
+    key: WriteKey | Iterable[WriteKey] | None = None,
+    passphrase: Passphrase | None = None,
     metadata: Mapping[str, str] | None = None,
     **options: Any,
 ) -> None:
     """Encrypts a parameter dict (``tvm.runtime.Tensor`` or numpy values) to ``path``
     (atomically). Tensors on other devices are copied to the host first.
 
-    ``key`` is 32 raw bytes (or several keys, any of which opens the file); ``passphrase``
-    derives a key with scrypt instead. ``options`` are those of :func:`enctensor.save`
+    ``key`` is 32 raw bytes or a ``pathlib.Path`` to a key file (or several, any of which
+    opens the file; never a ``str``); ``passphrase`` (``str`` or UTF-8 bytes) derives a key
+    with scrypt instead. ``options`` are those of :func:`enctensor.save`
     (``plaintext`` names tensors stored unencrypted but authenticated; ``recipients``,
     ``sign_with``, ``chunk_size``, ``scrypt_log_n``).
     """
@@ -210,8 +234,8 @@ def save(
 def save_bytes(
     params: Params,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
+    key: WriteKey | Iterable[WriteKey] | None = None,
+    passphrase: Passphrase | None = None,
     metadata: Mapping[str, str] | None = None,
     **options: Any,
 ) -> bytes:

@@ -195,8 +195,9 @@ def test_bad_arguments_get_clear_errors(tmp_path: Path) -> None:
     a = {"a": np.zeros(4, np.float32)}
     with pytest.raises(ValueError, match=r"exactly 32 bytes, got 16"):
         enctensor.save(a, tmp_path / "x", key=b"k" * 16)
-    with pytest.raises(TypeError, match="must be bytes, not str"):
-        enctensor.save(a, tmp_path / "x", key="k" * 32)
+    with pytest.raises(TypeError, match="got a str") as e:
+        enctensor.save(a, tmp_path / "x", key="k" * 32)  # type: ignore[arg-type]
+    assert "k" * 32 not in str(e.value)
     with pytest.raises(ValueError, match="give a key"):
         enctensor.save(a, tmp_path / "x")
     with pytest.raises(ValueError, match="not C-contiguous"):

@@ -62,7 +62,8 @@ def test_recipients_and_identities_from_files(tmp_path: Path, arrays: dict[str, 
     )
     text = enctensor.x25519_public_text(ident.public_key())
     assert text.startswith("x25519:") and len(text) == 7 + 64
-    for recipient in (pub_pem, str(pub_pem), text):
+    recipients: list[Any] = [pub_pem, enctensor.read_key_file(str(pub_pem)), text]
+    for recipient in recipients:
         blob = enctensor.save_bytes(arrays, recipients=[recipient])
         assert same(enctensor.load_bytes(blob, key=priv_pem)["w"], arrays["w"])
     with pytest.raises(ValueError, match="64 lowercase hex"):

@@ -41,6 +41,14 @@ EXPECT_OF_REF_ERROR: dict[type[ref.RefError], str] = {
 EXPECT_CLASSES = frozenset({"success", *EXPECT_OF_REF_ERROR.values()})
 
 
+def expect_of(exc: ref.RefError) -> str:
+    """The vector class of a reference failure."""
+    for cls, name in EXPECT_OF_REF_ERROR.items():
+        if isinstance(exc, cls):
+            return name
+    raise TypeError(type(exc))
+
+
 @dataclass(frozen=True)
 class VectorCase:
     name: str
@@ -68,6 +76,12 @@ class VectorCase:
         if "verify_key" not in self.spec:
             return None
         return Ed25519PublicKey.from_public_bytes(bytes.fromhex(self.spec["verify_key"]))
+
+    @property
+    def max_scrypt_log_n(self) -> int | None:
+        """The caller's scrypt cost policy; None: the reader's default (18)."""
+        value = self.spec.get("max_scrypt_log_n")
+        return None if value is None else int(value)
 
 
 def load_identity(spec: dict[str, str]) -> ref.Identity:
@@ -102,7 +116,17 @@ def test_vectors_present() -> None:
 
 
 def test_vector_json_schema() -> None:
-    allowed = {"expect", "comment", "key", "passphrase", "identity", "verify_key", "tensors", "metadata"}
+    allowed = {
+        "expect",
+        "comment",
+        "key",
+        "passphrase",
+        "identity",
+        "verify_key",
+        "max_scrypt_log_n",
+        "tensors",
+        "metadata",
+    }
     for name in NAMES:
         v = load_vector(name)
         assert set(v.spec) <= allowed, name
@@ -120,6 +144,9 @@ def test_vector_json_schema() -> None:
         if "verify_key" in v.spec:
             assert len(bytes.fromhex(v.spec["verify_key"])) == 32, name
             assert v.spec["verify_key"] == v.spec["verify_key"].lower(), name
+        if "max_scrypt_log_n" in v.spec:
+            assert type(v.spec["max_scrypt_log_n"]) is int and 10 <= v.spec["max_scrypt_log_n"] <= 20, name
+            assert "passphrase" in v.spec, name
 
 
 def test_vectors_cover_credentials() -> None:
@@ -135,13 +162,33 @@ def test_vectors_cover_credentials() -> None:
 # --- Reference reader -----------------------------------------------------------------------
 
 
+def ref_error(v: VectorCase) -> ref.RefError | None:
+    """The reference reader's failure on a vector, or None if it reads."""
+    try:
+        ref_outcome_or_raise(v)
+    except ref.RefError as exc:
+        return exc
+    return None
+
+
+def ref_outcome_or_raise(v: VectorCase) -> tuple[list[ref.Tensor], dict[str, str]]:
+    policy = ref.DEFAULT_MAX_SCRYPT_LOG_N if v.max_scrypt_log_n is None else v.max_scrypt_log_n
+    outcome: tuple[list[ref.Tensor], dict[str, str]] = ref.read(
+        v.data,
+        key=v.key,
+        passphrase=v.passphrase,
+        identity=v.identity,
+        verify_key=v.verify_key,
+        max_scrypt_log_n=policy,
+    )
+    return outcome
+
+
 def ref_outcome(v: VectorCase) -> tuple[str, list[ref.Tensor], dict[str, str]]:
     try:
-        tensors, metadata = ref.read(
-            v.data, key=v.key, passphrase=v.passphrase, identity=v.identity, verify_key=v.verify_key
-        )
+        tensors, metadata = ref_outcome_or_raise(v)
     except ref.RefError as exc:
-        return EXPECT_OF_REF_ERROR[type(exc)], [], {}
+        return expect_of(exc), [], {}
     return "success", tensors, metadata
 
 
@@ -162,11 +209,19 @@ def test_reference_reader(name: str) -> None:
     assert metadata == v.spec["metadata"]
 
 
+def is_policy_refusal(v: VectorCase) -> bool:
+    """A format failure that is the reader's scrypt cost policy, not a defect of the bytes:
+    inspect (which opens no stanza) accepts the file."""
+    exc = ref_error(v)
+    return isinstance(exc, ref.FormatFailure) and exc.policy
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_reference_inspect(name: str) -> None:
-    """inspect() needs no key and fails exactly on format failures."""
+    """inspect() needs no key and fails exactly on format failures (other than the reader's
+    scrypt cost policy)."""
     v = load_vector(name)
-    if v.expect == "format failure":
+    if v.expect == "format failure" and not is_policy_refusal(v):
         with pytest.raises(ref.FormatFailure):
             ref.inspect(v.data)
         return
@@ -195,12 +250,22 @@ def load_generator() -> ModuleType:
     return module
 
 
+def vector_files(root: Path) -> list[str]:
+    """The vector files under root (set vectors' directories included), relative to it."""
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix in (".enct", ".json")
+    )
+
+
 def test_generator_reproduces_committed_vectors(tmp_path: Path) -> None:
     generator = load_generator()
     generator.main(tmp_path)
-    produced = sorted(p.name for p in tmp_path.iterdir())
-    committed = sorted(p.name for p in VECTORS_DIR.iterdir() if p.suffix in (".enct", ".json"))
+    produced = vector_files(tmp_path)
+    committed = vector_files(VECTORS_DIR)
     assert produced == committed
+    assert any(f.startswith("sharded/") for f in produced)  # the set vectors are covered too
     for filename in produced:
         assert (tmp_path / filename).read_bytes() == (VECTORS_DIR / filename).read_bytes(), (
             f"{filename} differs: run python spec/vectors/generate.py"
@@ -238,13 +303,11 @@ def test_reference_round_trip(seed: int) -> None:
     tensors = random_tensors(rng, rng.randint(0, 12))
     metadata = {f"k{i}": rng.choice(["", "v", "ü" * 3]) for i in range(rng.randint(0, 4))}
     chunk_size = rng.choice([4096, 8192, 1 << 20])
-    data_align = rng.choice([64, 4096])
     publisher = Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)) if rng.random() < 0.5 else None
     common: dict[str, Any] = {
         "metadata": metadata,
         "chunk_size": chunk_size,
         "rng": rng.randbytes,
-        "data_align": data_align,
         "sign_with": publisher,
     }
     openers: list[dict[str, Any]]
@@ -262,28 +325,31 @@ def test_reference_round_trip(seed: int) -> None:
         data = ref.write(tensors, keys=keys, recipients=[i.public_key() for i in identities], **common)
         openers = [{"key": k} for k in keys] + [{"identity": i} for i in identities]
     info = ref.inspect(data)
-    assert info["data_offset"] % data_align == 0
-    assert info["stanza_area_len"] == 4096 - 32  # the writer's default when the stanzas fit
+    assert info["data_offset"] % 4096 == 0
+    assert info["stanza_area_len"] == 4096 - 32  # the canonical length when the stanzas fit
     assert info["signed"] is (publisher is not None)
+    assert info["chunk_digest"] is (publisher is not None)  # a digest table when, and only when, signing
     assert len(info["stanzas"]) == len(openers)
     want = [(n, dt, tuple(sh), raw, enc) for n, dt, sh, raw, enc in tensors]
     for opener in openers:
-        verify = {"verify_key": publisher.public_key()} if publisher is not None else {}
+        verify: dict[str, Any] = {"verify_key": publisher.public_key()} if publisher else {}
         got, got_metadata = ref.read(data, **opener, **verify)
         assert [(t.name, t.dtype, t.shape, t.data, t.encrypted) for t in got] == want
         assert got_metadata == metadata
     with pytest.raises(ref.NoMatch):
         ref.read(data, key=bytes(32), identity=X25519PrivateKey.from_private_bytes(bytes(32)))
     stranger = Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
-    with pytest.raises(ref.HeaderFailure):
+    with pytest.raises(ref.HeaderFailure) as failure:
         ref.read(data, **openers[0], verify_key=stranger)
+    assert failure.value.signature
     if tensors:
         with pytest.raises((ref.PayloadFailure, ref.FormatFailure)):
             ref.read(data[:-1] + bytes([data[-1] ^ 1]), **openers[0])
 
 
 def test_reference_stanza_area_len() -> None:
-    """Default 4096 - 32 when the stanzas fit, else the smallest multiple of 4096 minus 32."""
+    """The canonical stanza_area_len: 4096 - 32 when the stanzas fit, else the smallest
+    4096 * k - 32 that holds them; more than 256 stanzas are refused by the writer."""
     rng = random.Random(1)
     tensors = random_tensors(rng, 2)
 
@@ -293,14 +359,19 @@ def test_reference_stanza_area_len() -> None:
 
     assert area_len(keys=[bytes(32)]) == 4064
     many = [X25519PrivateKey.from_private_bytes(rng.randbytes(32)).public_key() for _ in range(40)]
-    assert area_len(recipients=many) == 8192 - 32
-    assert area_len(keys=[bytes(32)], stanza_area_len=200) == 200
-    with pytest.raises(ValueError):
-        area_len(keys=[bytes(32)], stanza_area_len=100)  # the stanza does not fit
+    assert ref.canonical_stanza_area_len(4064) == 4064 and ref.canonical_stanza_area_len(4065) == 8160
+    assert area_len(recipients=many) == ref.canonical_stanza_area_len(
+        len(ref.stanza_area_json(ref.make_stanzas(bytes(32), recipients=many, rng=rng.randbytes), None))
+    )
+    assert area_len(recipients=many) in (8160, 12256)
+    assert area_len(keys=[rng.randbytes(32) for _ in range(256)]) == 61408
+    with pytest.raises(ValueError, match="256"):
+        area_len(keys=[rng.randbytes(32) for _ in range(257)])
 
 
 def test_reference_rekey() -> None:
-    """Re-keying replaces the stanza area only; the signature and everything else survive."""
+    """Re-keying replaces the stanza area in place when its canonical length does not change,
+    and otherwise moves everything after it unchanged; the signature survives both."""
     rng = random.Random(2)
     tensors = random_tensors(rng, 3)
     publisher = Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
@@ -320,8 +391,197 @@ def test_reference_rekey() -> None:
         ref.read(rekeyed, key=old)
     with pytest.raises(ref.NoMatch):  # re-keying needs a credential that opens the file
         ref.rekey(data, key=bytes(32), new_keys=[bytes(32)], rng=rng.randbytes)
-    with pytest.raises(ValueError):  # 60 stanzas do not fit in 4064 bytes
-        ref.rekey(data, key=old, new_keys=[rng.randbytes(32) for _ in range(60)], rng=rng.randbytes)
+
+    # 60 key stanzas do not fit in 4064 bytes: the file is rewritten with a larger area.
+    keys = [rng.randbytes(32) for _ in range(60)]
+    grown = ref.rekey(data, key=old, new_keys=keys, rng=rng.randbytes)
+    info, grown_info = ref.inspect(data), ref.inspect(grown)
+    assert grown_info["stanza_area_len"] == 16384 - 32
+    assert grown_info["data_offset"] - grown_info["stanza_area_len"] == info["data_offset"] - 4064
+    assert grown[grown_info["data_offset"] :] == data[info["data_offset"] :]
+    got, _ = ref.read(grown, key=keys[-1], verify_key=publisher.public_key())
+    assert [t.data for t in got] == [raw for _, _, _, raw, _ in tensors]
+    # Shrinking back rewrites the file with the canonical one-page area: the original layout.
+    shrunk = ref.rekey(grown, key=keys[0], new_keys=[old], rng=rng.randbytes)
+    assert len(shrunk) == len(data) and shrunk[area_end:] == data[area_end:]
+    with pytest.raises(ValueError, match="256"):  # refused before anything is written
+        ref.rekey(data, key=old, new_keys=[rng.randbytes(32) for _ in range(257)], rng=rng.randbytes)
+
+
+def test_reference_strict_ed25519() -> None:
+    """The checks that OpenSSL's Ed25519 verification (cryptography) does not make, and that
+    the reference reader adds (FORMAT.md, Signature, verifying, steps 1 and 2)."""
+    assert len(ref.SMALL_ORDER_ENCODINGS) == 8
+    for encoding in ref.SMALL_ORDER_ENCODINGS:
+        point = ref.ed_decode(encoding)
+        assert point is not None and ref.ed_is_small_order(point)
+        with pytest.raises(ref.HeaderFailure, match="small-order") as info:
+            ref.ed25519_check_verify_key(encoding)
+        assert info.value.signature
+    identity = bytes([1]) + bytes(31)
+    forged = identity + bytes(32)  # R = identity, S = 0: valid for every message under the identity
+    Ed25519PublicKey.from_public_bytes(identity).verify(forged, b"any message")  # OpenSSL accepts
+    assert not ref.ed25519_verify_strict(identity, forged, b"any message")
+    # Non-canonical encodings: y >= p, and the sign bit set with x = 0.
+    assert ref.ed_decode((ref.ED25519_P + 1).to_bytes(32, "little")) is None
+    assert ref.ed_decode(bytes([1]) + bytes(30) + b"\x80") is None
+    # A genuine signature verifies; S + L does not.
+    seed = bytes(range(192, 224))
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    ref.ed25519_check_verify_key(public)
+    sig = Ed25519PrivateKey.from_private_bytes(seed).sign(b"m")
+    assert ref.ed25519_verify_strict(public, sig, b"m")
+    s_plus_l = (int.from_bytes(sig[32:], "little") + ref.ED25519_L).to_bytes(32, "little")
+    assert not ref.ed25519_verify_strict(public, sig[:32] + s_plus_l, b"m")
+
+
+KEYHOLDER_VECTOR = "signature_keyholder_edited_chunk"
+
+
+def test_reference_slices_check_digests() -> None:
+    """With a verification key every chunk read is checked against its digest, slices
+    included: in the key-holder-edited vector only chunk 1 of 'embed' and the clear 'norm'
+    were edited, so a slice within chunk 0 reads and one touching chunk 1 fails."""
+    v = load_vector(KEYHOLDER_VECTOR)
+    ref_key = bytes(range(32))
+    assert v.verify_key is not None
+    first = ref.read_tensor(v.data, "embed", byte_range=(0, 4096), key=ref_key, verify_key=v.verify_key)
+    assert len(first) == 4096
+    with pytest.raises(ref.PayloadFailure):
+        ref.read_tensor(v.data, "embed", byte_range=(4090, 4100), key=ref_key, verify_key=v.verify_key)
+    with pytest.raises(ref.PayloadFailure):
+        ref.read_tensor(v.data, "norm", byte_range=(200, 201), key=ref_key, verify_key=v.verify_key)
+    # Without a verification key the edited chunks verify (their tags are unchanged).
+    assert len(ref.read_tensor(v.data, "embed", byte_range=(4090, 4100), key=ref_key)) == 10
+
+
+def test_reference_scrypt_policy_names_the_parameter() -> None:
+    v = load_vector("passphrase_log_n_19_default_policy")
+    with pytest.raises(ref.FormatFailure, match="max_scrypt_log_n") as info:
+        ref_outcome_or_raise(v)
+    assert info.value.policy
+    with pytest.raises(ValueError):
+        ref.read(v.data, passphrase="x", max_scrypt_log_n=21)
+
+
+# --- Sharded sets: reference reader --------------------------------------------------------
+# Each directory of spec/vectors/sharded/ is one set vector: an index, shard files and
+# expect.json. "set failure" is the class of FORMAT.md's "Sharded sets and rollback" (an
+# integrity failure of the set; every shard is authentic on its own).
+
+SHARDED_DIR = VECTORS_DIR / "sharded"
+SET_EXPECT_CLASSES = frozenset({*EXPECT_CLASSES, "set failure"})
+
+
+def set_expect_of(exc: ref.RefError) -> str:
+    """The vector class of a reference failure on a set."""
+    return "set failure" if isinstance(exc, ref.SetFailure) else expect_of(exc)
+
+
+@dataclass(frozen=True)
+class SetCase:
+    name: str
+    spec: dict[str, Any]
+
+    @property
+    def directory(self) -> Path:
+        return SHARDED_DIR / self.name
+
+    @property
+    def index_path(self) -> Path:
+        return self.directory / str(self.spec["index"])
+
+    @property
+    def expect(self) -> str:
+        return str(self.spec["expect"])
+
+    @property
+    def key(self) -> bytes | None:
+        return bytes.fromhex(self.spec["key"]) if "key" in self.spec else None
+
+    @property
+    def verify_key(self) -> Ed25519PublicKey | None:
+        if "verify_key" not in self.spec:
+            return None
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(self.spec["verify_key"]))
+
+
+def set_names() -> list[str]:
+    return sorted(p.parent.name for p in SHARDED_DIR.glob("*/expect.json"))
+
+
+def load_set(name: str) -> SetCase:
+    return SetCase(name, json.loads((SHARDED_DIR / name / "expect.json").read_text(encoding="utf-8")))
+
+
+SET_NAMES = set_names()
+
+
+def test_sharded_vectors_present() -> None:
+    required = {
+        "good",
+        "signed",
+        "missing_shard",
+        "extra_shard",
+        "swapped_names",
+        "mixed_release",
+        "index_wrong_shard",
+        "index_omits_tensor",
+        "no_shard_entry",
+    }
+    assert required <= set(SET_NAMES)
+    assert sorted(p.name for p in SHARDED_DIR.iterdir()) == SET_NAMES  # no stray entries
+    for name in SET_NAMES:
+        assert "rust" not in name  # would break -k "not rust"
+        v = load_set(name)
+        files = sorted(p.name for p in v.directory.iterdir())
+        shards = [f for f in files if f.endswith(".enct")]
+        assert shards and files == sorted([*shards, "expect.json", v.spec["index"]]), name
+    expects = {load_set(n).expect for n in SET_NAMES}
+    assert {"success", "set failure"} <= expects
+
+
+def test_sharded_json_schema() -> None:
+    allowed = {"expect", "comment", "index", "key", "verify_key", "tensors", "metadata"}
+    for name in SET_NAMES:
+        v = load_set(name)
+        assert set(v.spec) <= allowed, name
+        assert v.expect in SET_EXPECT_CLASSES, name
+        assert isinstance(v.spec["comment"], str), name
+        assert v.spec["index"].endswith(".enct.index.json") and v.index_path.is_file(), name
+        assert v.key is not None and len(v.key) == 32, name
+        if "verify_key" in v.spec:
+            assert v.spec["verify_key"] == v.spec["verify_key"].lower(), name
+        assert ("tensors" in v.spec) == ("metadata" in v.spec) == (v.expect == "success"), name
+        if v.expect == "success":
+            shards = list(dict.fromkeys(w["shard"] for w in v.spec["tensors"]))
+            assert list(v.spec["metadata"]) == shards, name  # set order, every shard
+
+
+def ref_set_outcome(v: SetCase) -> tuple[str, list[ref.Shard]]:
+    try:
+        shards = ref.read_sharded(v.index_path, key=v.key, verify_key=v.verify_key)
+    except ref.RefError as exc:
+        return set_expect_of(exc), []
+    return "success", shards
+
+
+@pytest.mark.parametrize("name", SET_NAMES)
+def test_reference_read_sharded(name: str) -> None:
+    v = load_set(name)
+    got, shards = ref_set_outcome(v)
+    assert got == v.expect, v.spec["comment"]
+    if v.expect != "success":
+        return
+    flat = [(s.file, t) for s in shards for t in s.tensors]
+    want = v.spec["tensors"]
+    assert [(f, t.name) for f, t in flat] == [(w["shard"], w["name"]) for w in want]
+    for (_, t), w in zip(flat, want, strict=True):
+        assert t.dtype == w["dtype"], t.name
+        assert list(t.shape) == w["shape"], t.name
+        assert t.encrypted is w["encrypted"], t.name
+        assert hashlib.sha256(t.data).hexdigest() == w["sha256"], t.name
+    assert {s.file: s.metadata for s in shards} == v.spec["metadata"]
 
 
 # --- Rust-backed package --------------------------------------------------------------------
@@ -355,15 +615,35 @@ def numpy_dtype(name: str) -> Any:
     return np.dtype(special[name]) if name in special else np.dtype(NUMPY_DTYPES[name])
 
 
-def rust_error_classes() -> dict[str, type[BaseException]]:
+def rust_expected_error(v: VectorCase) -> tuple[type[BaseException], tuple[type[BaseException], ...]]:
+    """The exception class the package must raise for a failure vector, and the classes it
+    must not be an instance of. A header failure caused by the verification key or the
+    signature (as the reference reader reports it) is a SignatureError; one caused by the MAC
+    an IntegrityError that is not a SignatureError; a payload failure (tag or digest) an
+    IntegrityError that is not a SignatureError."""
     import enctensor
 
-    return {
-        "format failure": enctensor.FormatError,
-        "no match": enctensor.WrongKeyError,
-        "header failure": enctensor.IntegrityError,
-        "payload failure": enctensor.IntegrityError,
+    integrity_only = (enctensor.FormatError, enctensor.WrongKeyError, enctensor.SignatureError)
+    if v.expect == "format failure":
+        return enctensor.FormatError, (enctensor.WrongKeyError, enctensor.IntegrityError)
+    if v.expect == "no match":
+        return enctensor.WrongKeyError, (enctensor.FormatError, enctensor.IntegrityError)
+    exc = ref_error(v)
+    if v.expect == "header failure" and isinstance(exc, ref.HeaderFailure) and exc.signature:
+        return enctensor.SignatureError, (enctensor.FormatError, enctensor.WrongKeyError)
+    assert v.expect in ("header failure", "payload failure"), v.expect
+    return enctensor.IntegrityError, integrity_only
+
+
+def rust_load_kwargs(v: VectorCase) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "key": v.key if v.key is not None else v.identity,  # raw bytes or a private key object
+        "passphrase": v.passphrase,
+        "verify_with": v.verify_key,
     }
+    if v.max_scrypt_log_n is not None:
+        kwargs["max_scrypt_log_n"] = v.max_scrypt_log_n
+    return kwargs
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -373,18 +653,15 @@ def test_rust_load_bytes(name: str) -> None:
     import enctensor
 
     v = load_vector(name)
-    key = v.key if v.key is not None else v.identity  # raw bytes or a private key object
     if v.expect != "success":
-        classes = rust_error_classes()
+        expected, others = rust_expected_error(v)
         with pytest.raises(enctensor.EncTensorError) as info:
-            enctensor.load_bytes(v.data, key=key, passphrase=v.passphrase, verify_with=v.verify_key)
-        expected = classes[v.expect]
-        others = {c for c in classes.values() if c is not expected}
+            enctensor.load_bytes(v.data, **rust_load_kwargs(v))
         assert isinstance(info.value, expected), (v.expect, repr(info.value))
-        assert not isinstance(info.value, tuple(others)), (v.expect, repr(info.value))
+        assert not isinstance(info.value, others), (v.expect, repr(info.value))
         return
 
-    arrays = enctensor.load_bytes(v.data, key=key, passphrase=v.passphrase, verify_with=v.verify_key)
+    arrays = enctensor.load_bytes(v.data, **rust_load_kwargs(v))
     want = v.spec["tensors"]
     assert list(arrays) == [w["name"] for w in want]
     for w in want:
@@ -395,12 +672,40 @@ def test_rust_load_bytes(name: str) -> None:
         assert hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest() == w["sha256"]
 
 
+def test_rust_scrypt_policy_message() -> None:
+    """The refusal names the policy and how to lift it, and does not run scrypt."""
+    import enctensor
+
+    v = load_vector("passphrase_log_n_19_default_policy")
+    with pytest.raises(enctensor.FormatError, match=r"max.scrypt.log.n"):
+        enctensor.load_bytes(v.data, passphrase=v.passphrase)
+
+
+def test_rust_slices_check_digests(tmp_path: Path) -> None:
+    """With verify_with, every chunk a slice touches is checked against its digest; the
+    key-holder-edited vector changed only chunk 1 of 'embed' (rows 16 to 23) and 'norm'."""
+    import enctensor
+
+    v = load_vector(KEYHOLDER_VECTOR)
+    path = tmp_path / "edited.enct"
+    path.write_bytes(v.data)
+    with enctensor.safe_open(path, key=v.key, verify_with=v.verify_key) as f:
+        assert f.get_slice("embed")[0:16].shape == (16, 64)  # chunk 0 only: unedited
+        with pytest.raises(enctensor.IntegrityError) as info:
+            f.get_slice("embed")[15:17]  # touches chunk 1
+        assert not isinstance(info.value, enctensor.SignatureError)
+        with pytest.raises(enctensor.IntegrityError):
+            f.get_tensor("norm")
+    with enctensor.safe_open(path, key=v.key) as f:  # without a verification key: tags verify
+        assert f.get_slice("embed")[15:17].shape == (2, 64)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_rust_inspect_bytes(name: str) -> None:
     import enctensor
 
     v = load_vector(name)
-    if v.expect == "format failure":
+    if v.expect == "format failure" and not is_policy_refusal(v):
         with pytest.raises(enctensor.FormatError):
             enctensor.inspect_bytes(v.data)
         return
@@ -412,3 +717,49 @@ def test_rust_inspect_bytes(name: str) -> None:
     got = [(t["name"], t["dtype"], list(t["shape"]), t["encrypted"]) for t in info["tensors"]]
     want = [(t["name"], t["dtype"], list(t["shape"]), t["encrypted"]) for t in expected["tensors"]]
     assert got == want
+
+
+def rust_set_expected_error(v: SetCase) -> tuple[type[BaseException], tuple[type[BaseException], ...]]:
+    """As rust_expected_error, for a set: a set failure is an IntegrityError (not a
+    SignatureError); a shard's own failure keeps the mapping of its class."""
+    import enctensor
+
+    if v.expect == "format failure":
+        return enctensor.FormatError, (enctensor.WrongKeyError, enctensor.IntegrityError)
+    if v.expect == "no match":
+        return enctensor.WrongKeyError, (enctensor.FormatError, enctensor.IntegrityError)
+    integrity_only = (enctensor.FormatError, enctensor.WrongKeyError, enctensor.SignatureError)
+    if v.expect == "header failure":
+        try:
+            ref.read_sharded(v.index_path, key=v.key, verify_key=v.verify_key)
+        except ref.HeaderFailure as exc:
+            if exc.signature:
+                return enctensor.SignatureError, (enctensor.FormatError, enctensor.WrongKeyError)
+    assert v.expect in ("header failure", "payload failure", "set failure"), v.expect
+    return enctensor.IntegrityError, integrity_only
+
+
+@pytest.mark.parametrize("name", SET_NAMES)
+def test_rust_load_sharded(name: str) -> None:
+    import numpy as np
+
+    import enctensor
+
+    v = load_set(name)
+    if v.expect != "success":
+        expected, others = rust_set_expected_error(v)
+        with pytest.raises(enctensor.EncTensorError) as info:
+            enctensor.load_sharded(v.index_path, key=v.key, verify_with=v.verify_key)
+        assert isinstance(info.value, expected), (v.expect, repr(info.value))
+        assert not isinstance(info.value, others), (v.expect, repr(info.value))
+        return
+
+    arrays = enctensor.load_sharded(v.index_path, key=v.key, verify_with=v.verify_key)
+    want = v.spec["tensors"]
+    assert list(arrays) == [w["name"] for w in want]  # set order, then file order
+    for w in want:
+        arr = arrays[w["name"]]
+        assert isinstance(arr, np.ndarray), w["name"]
+        assert arr.dtype == numpy_dtype(w["dtype"]), (w["name"], arr.dtype)
+        assert list(arr.shape) == w["shape"], w["name"]
+        assert hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest() == w["sha256"]

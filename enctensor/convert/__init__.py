@@ -25,6 +25,11 @@ Example::
     encrypt_file("model.safetensors", "model.enct", recipients=["x25519:..."], sign_with=ed25519_key)
     decrypt_file("model.enct", "model.safetensors", key=x25519_identity, verify_with=ed25519_pub)
     rekey_file("model.enct", key=x25519_identity, new_recipients=[...])
+
+Keys and passphrases are taken as :func:`enctensor.load` and :func:`enctensor.save` take them
+(never a ``str`` as a key: use a ``pathlib.Path`` to a key file, or
+:func:`enctensor.read_key_file`). Decrypted files are created with mode 0600 unless ``mode=``
+says otherwise; a file replaced with ``overwrite=True`` keeps its mode.
 """
 
 from __future__ import annotations
@@ -32,15 +37,25 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import _core
-from .._api import DEFAULT_CHUNK_SIZE, DEFAULT_SCRYPT_LOG_N
+from .._api import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_SCRYPT_LOG_N, DEFAULT_SCRYPT_LOG_N, check_max_scrypt_log_n
 from .._api import inspect as _inspect
-from .._keys import check_keys, check_passphrase, recipient_kwargs
+from .._keys import (
+    Key,
+    Passphrase,
+    Recipient,
+    SigningKey,
+    VerifyKey,
+    WriteKey,
+    check_keys,
+    check_passphrase,
+    recipient_kwargs,
+)
 from . import safetensors as _st
 from . import sharded as _sharded
 from . import tvm_params as _tvm
@@ -71,6 +86,8 @@ __all__ = [
 
 #: Plaintext formats that files convert to and from.
 FORMATS = ("safetensors", "params", "index")
+#: The mode of new plaintext files written by :func:`decrypt_file`.
+PLAINTEXT_MODE = 0o600
 _EXTENSIONS = {".safetensors": "safetensors", ".params": "params", ".json": "index"}
 _DESCRIPTIONS = {
     "safetensors": "a safetensors file",
@@ -150,10 +167,10 @@ def encrypt_file(
     src: PathLike,
     dst: PathLike,
     *,
-    key: bytes | Iterable[bytes] | None = None,
-    passphrase: str | None = None,
-    recipients: Iterable[Any] = (),
-    sign_with: Any = None,
+    key: WriteKey | Iterable[WriteKey] | None = None,
+    passphrase: Passphrase | None = None,
+    recipients: Recipient | Iterable[Recipient] = (),
+    sign_with: SigningKey | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
     overwrite: bool = False,
@@ -168,7 +185,7 @@ def encrypt_file(
     as :func:`enctensor.save` takes them). ``passphrase`` derives a key with scrypt (work
     factor ``2**scrypt_log_n``) instead, and must then be the only way in. ``sign_with`` (an
     Ed25519 private key) signs every output file. An existing output is refused with
-    :class:`FileExistsError` unless ``overwrite``.
+    :class:`FileExistsError` unless ``overwrite``; a replaced output keeps its mode.
     """
     secret = Secret.for_writing(key, passphrase, recipients, sign_with)
     fmt = detect_format(src)
@@ -210,15 +227,30 @@ def output_format(dst: PathLike, src: PathLike, requested: str | None = None) ->
     return "params" if _tvm.METADATA_KEY in metadata else "safetensors"
 
 
+def check_mode(mode: object) -> int | None:
+    """``mode=``: ``None`` or permission bits (an int from 0 to 0o777)."""
+    if mode is None:
+        return None
+    if not isinstance(mode, int) or isinstance(mode, bool):
+        raise TypeError(f"mode must be an int (e.g. 0o600), not {type(mode).__name__}")
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be permission bits from 0o000 to 0o777, got {mode:#o}")
+    return mode
+
+
 def decrypt_file(
     src: PathLike,
     dst: PathLike,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
-    verify_with: Any = None,
+    key: Key | list[Key] | tuple[Key, ...] | None = None,
+    passphrase: Passphrase | None = None,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    expect_checkpoint: str | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
     format: str | None = None,
     overwrite: bool = False,
+    mode: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> Conversion:
     """Decrypts an enctensor file (or an encrypted sharded checkpoint index and its shards)
@@ -226,11 +258,23 @@ def decrypt_file(
     it is written; on any failure no output is left behind. ``key`` is anything
     :func:`enctensor.load` takes as a key (except a key provider), or a list of those, tried
     in turn. ``verify_with`` (an Ed25519 public key) requires every file to carry a valid
-    signature by its holder (:class:`~enctensor.IntegrityError` otherwise)."""
-    secret = Secret.for_reading(key, passphrase, verify_with)
+    signature by its holder (:class:`~enctensor.IntegrityError` otherwise);
+    ``expect_metadata`` and ``max_scrypt_log_n`` are as for :func:`enctensor.load` and apply
+    to every file read; ``expect_checkpoint`` pins the checkpoint id of a sharded set (see
+    :func:`enctensor.load_sharded`).
+
+    The plaintext files are written atomically (temporary file in the same directory, fsync,
+    rename) and created with mode ``0o600``, readable by their owner only, unless ``mode``
+    (permission bits, e.g. ``0o644``) is given; a file replaced with ``overwrite=True`` keeps
+    its mode (and owner and group, where permitted) unless ``mode`` is given."""
+    file_mode = check_mode(mode)
+    secret = Secret.for_reading(
+        key, passphrase, verify_with, max_scrypt_log_n=max_scrypt_log_n, expect_metadata=expect_metadata
+    )
     src_fmt = detect_format(src)
     if src_fmt not in ("enctensor", "enctensor-index"):
         raise _not_a(src, src_fmt, "an enctensor file or encrypted checkpoint index")
+    _checkpoint_is_for_sets(src, src_fmt, expect_checkpoint)
     fmt = output_format(dst, src, format)
     if (src_fmt == "enctensor-index") != (fmt == "index"):
         if fmt == "index":
@@ -240,10 +284,15 @@ def decrypt_file(
         raise ValueError(
             f"{dst}: an encrypted sharded checkpoint decrypts to an index (a .json file), not to {fmt}"
         )
-    with Staging(overwrite) as staging:
+    with Staging(overwrite, mode=file_mode, new_mode=PLAINTEXT_MODE) as staging:
         if fmt == "index":
             tensors, nbytes, dropped = _sharded.decrypt(
-                src, dst, secret, staging, meter_factory=lambda total: Meter(total, progress)
+                src,
+                dst,
+                secret,
+                staging,
+                meter_factory=lambda total: Meter(total, progress),
+                expect_checkpoint=expect_checkpoint,
             )
         else:
             tmp = staging.add(dst)
@@ -260,18 +309,37 @@ def decrypt_file(
     return Conversion(src_fmt, fmt, outputs, tensors, nbytes, dropped)
 
 
+def _checkpoint_is_for_sets(src: PathLike, fmt: str | None, expect_checkpoint: str | None) -> None:
+    if expect_checkpoint is not None and fmt == "enctensor":
+        raise ValueError(
+            f"{src}: expect_checkpoint pins the checkpoint of a sharded set: give its encrypted index"
+            " (for a single file, pin a metadata entry with expect_metadata)"
+        )
+
+
 def verify_file(
-    src: PathLike, *, key: Any = None, passphrase: str | None = None, verify_with: Any = None
+    src: PathLike,
+    *,
+    key: Key | list[Key] | tuple[Key, ...] | None = None,
+    passphrase: Passphrase | None = None,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    expect_checkpoint: str | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> tuple[int, int]:
     """Verifies every chunk tag of an enctensor file (or of every shard of an encrypted
     index) without keeping any plaintext, and with ``verify_with`` (an Ed25519 public key)
     the publisher signature of each; returns (tensors, bytes). Raises
     :class:`~enctensor.WrongKeyError`, :class:`~enctensor.IntegrityError` or
-    :class:`~enctensor.FormatError`."""
-    secret = Secret.for_reading(key, passphrase, verify_with)
+    :class:`~enctensor.FormatError`. ``expect_metadata``, ``expect_checkpoint`` and
+    ``max_scrypt_log_n`` are as for :func:`decrypt_file`."""
+    secret = Secret.for_reading(
+        key, passphrase, verify_with, max_scrypt_log_n=max_scrypt_log_n, expect_metadata=expect_metadata
+    )
     fmt = detect_format(src)
+    _checkpoint_is_for_sets(src, fmt, expect_checkpoint)
     if fmt == "enctensor-index":
-        return _sharded.verify(src, secret)
+        return _sharded.verify(src, secret, expect_checkpoint=expect_checkpoint)
     if fmt != "enctensor":
         raise _not_a(src, fmt, "an enctensor file or encrypted checkpoint index")
     reader = secret.open(src)
@@ -284,12 +352,13 @@ def verify_file(
 def rekey_file(
     path: PathLike,
     *,
-    key: Any = None,
-    passphrase: str | None = None,
-    new_keys: Iterable[bytes] = (),
-    new_recipients: Iterable[Any] = (),
-    new_passphrase: str | None = None,
+    key: Key | list[Key] | tuple[Key, ...] | None = None,
+    passphrase: Passphrase | None = None,
+    new_keys: Iterable[WriteKey] = (),
+    new_recipients: Recipient | Iterable[Recipient] = (),
+    new_passphrase: Passphrase | None = None,
     scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
     on_done: Callable[[Path, str], None] | None = None,
 ) -> list[tuple[Path, str]]:
     """Replaces who can open an enctensor file, or every shard of an encrypted sharded
@@ -298,26 +367,29 @@ def rekey_file(
 
     ``key`` is anything :func:`enctensor.load` takes as a key (except a key provider), or a
     list of those, tried in turn for each file. For an index, every shard is first opened
-    (and authenticated) with the current credentials, so that a wrong key changes nothing.
+    (and authenticated) with the current credentials and the set is checked whole, so that a
+    wrong key or a broken set changes nothing.
     A failure after that (I/O) leaves the shards before it re-keyed; the exception then has
-    ``rekeyed``, the list of those files.
+    ``rekeyed``, the list of those files. ``max_scrypt_log_n`` is as for :func:`enctensor.load`.
     """
-    secret = Secret.for_reading(key, passphrase)
+    secret = Secret.for_reading(key, passphrase, max_scrypt_log_n=check_max_scrypt_log_n(max_scrypt_log_n))
     new = _new_stanzas(new_keys, new_recipients, new_passphrase, scrypt_log_n)
     fmt = detect_format(path)
+    creds: list[dict[str, Any]] | None = None
     if fmt == "enctensor":
         files = [Path(path)]
     elif fmt == "enctensor-index":
-        index = _sharded.read_index(path)
-        files = [index.shard_path(shard) for shard in index.shards]
+        # Every shard opened and authenticated, and the set checked whole (a missing, mixed or
+        # swapped shard changes nothing), with the credential that opens each, in set order.
+        files_and_creds = _sharded.set_credentials(path, secret)
+        files = [f for f, _ in files_and_creds]
+        creds = [c for _, c in files_and_creds]
     else:
         raise _not_a(path, fmt, "an enctensor file or encrypted checkpoint index")
 
     def rekey_with(f: Path) -> Callable[[dict[str, Any]], str]:
         return lambda cred: _core.rekey(os.fspath(f), **cred, **new)
 
-    # For an index: which credential opens which shard, before any shard is changed.
-    creds = [secret.open_credential(f) for f in files] if fmt == "enctensor-index" else None
     done: list[tuple[Path, str]] = []
     try:
         for i, f in enumerate(files):
@@ -338,12 +410,17 @@ def rekey_file(
 
 
 def _new_stanzas(
-    new_keys: Iterable[bytes], new_recipients: Iterable[Any], new_passphrase: object, scrypt_log_n: int
+    new_keys: object, new_recipients: object, new_passphrase: object, scrypt_log_n: int
 ) -> dict[str, Any]:
-    """The new-credential arguments of ``_core.rekey``, checked (and any PEM file read) once."""
-    keys = check_keys(list(new_keys))
+    """The new-credential arguments of ``_core.rekey``, checked (and any key file read) once."""
+    if isinstance(new_keys, str | bytes | bytearray | memoryview | os.PathLike) or not isinstance(
+        new_keys, Iterable
+    ):
+        keys = check_keys(new_keys, "new_keys")
+    else:
+        keys = check_keys(list(new_keys), "new_keys")
     public = recipient_kwargs(new_recipients)
-    p = check_passphrase(new_passphrase)
+    p = check_passphrase(new_passphrase, "new_passphrase")
     if p is not None and (keys or public["x25519"] or public["rsa_spki"]):
         raise ValueError(
             "a passphrase must be the only way to open a file: give either a new passphrase, or new keys"

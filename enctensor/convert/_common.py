@@ -8,8 +8,9 @@ import errno
 import mmap
 import os
 import secrets
+import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,12 @@ import numpy as np
 
 from .. import _core
 from .._alloc import aligned_empty
+from .._api import (
+    DEFAULT_MAX_SCRYPT_LOG_N,
+    check_expect_metadata,
+    check_max_scrypt_log_n,
+    check_pinned_metadata,
+)
 from .._keys import check_keys, check_passphrase, opener, recipient_kwargs, sign_seed, verify_bytes
 from ..errors import FormatError, WrongKeyError
 
@@ -81,6 +88,10 @@ class Secret:
     sign_seed: bytes | None = field(default=None, repr=False)
     #: Reading: the Ed25519 public key whose valid signature is required.
     verify_key: bytes | None = None
+    #: Reading: the largest scrypt work factor (log2) a passphrase stanza may ask for.
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N
+    #: Reading: metadata entries every opened file must hold with exactly these values.
+    expect_metadata: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def for_writing(
@@ -90,7 +101,7 @@ class Secret:
         public keys, PEM files or ``x25519:<hex>`` texts) and ``passphrase=`` (which must be
         the only way in), plus ``sign_with=`` (an Ed25519 private key), as :func:`enctensor.save`."""
         keys = tuple(check_keys(key))
-        public = recipient_kwargs(() if recipients is None else recipients)  # type: ignore[arg-type]
+        public = recipient_kwargs(() if recipients is None else recipients)
         p = check_passphrase(passphrase)
         if p is not None and (keys or public["x25519"] or public["rsa_spki"]):
             raise ValueError(
@@ -102,19 +113,33 @@ class Secret:
         return cls(keys, p, tuple(public["x25519"]), tuple(public["rsa_spki"]), sign_seed(sign_with))
 
     @classmethod
-    def for_reading(cls, key: object = None, passphrase: object = None, verify_with: object = None) -> Secret:
+    def for_reading(
+        cls,
+        key: object = None,
+        passphrase: object = None,
+        verify_with: object = None,
+        *,
+        max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+        expect_metadata: Mapping[str, str] | None = None,
+    ) -> Secret:
         """From ``key=`` (anything :func:`enctensor.load` takes as a key except a key provider,
         or a list or tuple of those, tried in turn) or ``passphrase=``, plus ``verify_with=``
-        (an Ed25519 public key)."""
+        (an Ed25519 public key, as :func:`enctensor.load` takes it), ``max_scrypt_log_n=`` and
+        ``expect_metadata=`` (checked on every file opened)."""
+        pins = check_expect_metadata(expect_metadata)
+        cap = check_max_scrypt_log_n(max_scrypt_log_n)
+        if isinstance(key, str):
+            opener(key, None)  # the TypeError that does not show it
         given = tuple(key) if isinstance(key, list | tuple) else (() if key is None else (key,))
         p = check_passphrase(passphrase)
         if given and p is not None:
             raise ValueError("give either a key or a passphrase, not both")
         if not given and p is None:
             raise ValueError("give a key or a passphrase")
-        # Loaded once (a PEM path is read here, not for every shard).
+        verify_key = verify_bytes(verify_with)
+        # Loaded once (a key file is read here, not for every shard).
         creds = tuple(opener(k, None) for k in given)
-        return cls(creds, p, verify_key=verify_bytes(verify_with))
+        return cls(creds, p, verify_key=verify_key, max_scrypt_log_n=cap, expect_metadata=pins)
 
     def write_args(self) -> dict[str, Any]:
         return {
@@ -126,10 +151,12 @@ class Secret:
         }
 
     def credentials(self) -> list[dict[str, Any]]:
-        """The ``_core.Reader`` keyword arguments of each credential to try, in turn."""
+        """The ``_core.Reader`` (and ``_core.rekey``) keyword arguments of each credential to
+        try, in turn, with the scrypt cap."""
+        cap = {"max_scrypt_log_n": self.max_scrypt_log_n}
         if self.passphrase is not None:
-            return [{"passphrase": self.passphrase}]
-        return list(self.keys)
+            return [{"passphrase": self.passphrase, **cap}]
+        return [{**cred, **cap} for cred in self.keys]
 
     def attempt(self, path: PathLike, fn: Callable[[dict[str, Any]], T]) -> tuple[T, dict[str, Any]]:
         """``fn(credential)`` with each credential in turn until one is not refused with
@@ -158,13 +185,17 @@ class Secret:
 
     def open(self, path: PathLike) -> _core.Reader:
         """Opens and authenticates ``path`` with the first credential that opens it (and
-        checks its signature, if a verification key was given)."""
+        checks its signature, if a verification key was given), then checks the
+        ``expect_metadata`` entries."""
         p = os.fspath(path)
 
         def open_with(cred: dict[str, Any]) -> _core.Reader:
             return _core.Reader(p, **cred, verify_key=self.verify_key)
 
-        return self.attempt(path, open_with)[0]
+        reader = self.attempt(path, open_with)[0]
+        with about(path):
+            check_pinned_metadata(reader.metadata(), self.expect_metadata, p)
+        return reader
 
 
 # --- Inputs -------------------------------------------------------------------------------
@@ -246,9 +277,17 @@ class Staging:
 
     Without ``overwrite``, an existing output is refused before any work is done, and put in
     place with ``link`` + ``unlink`` so that a file created meanwhile is not clobbered either.
+
+    Modes: with ``mode`` given, every output gets exactly that mode. Otherwise an output that
+    replaces a file keeps that file's mode (and owner and group, where permitted), and a new
+    output gets ``new_mode`` if given (plaintext: 0600), else the writer's default (0666 less
+    the umask). With either given, the temporary files are created 0600, so plaintext is
+    never readable by others while it is written.
     """
 
     overwrite: bool = False
+    mode: int | None = None
+    new_mode: int | None = None
     _pending: list[tuple[Path, Path]] = field(default_factory=list)
     _committed: bool = False
 
@@ -269,7 +308,12 @@ class Staging:
         tmp = parent / f".{final.name}.{secrets.token_hex(4)}.partial"
         # Creating the file now both reserves the name and finds an unwritable directory
         # before any expensive work.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        private = self.mode is not None or self.new_mode is not None
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+            0o600 if private else 0o666,
+        )
         os.close(fd)
         self._pending.append((tmp, final))
         return tmp
@@ -279,6 +323,7 @@ class Staging:
         done: list[Path] = []
         try:
             for tmp, final in self._pending:
+                self._set_mode(tmp, final)
                 if self.overwrite:
                     os.replace(tmp, final)
                 else:
@@ -294,6 +339,32 @@ class Staging:
             _fsync_dir(d)
         self._committed = True
         return done
+
+    def _set_mode(self, tmp: Path, final: Path) -> None:
+        """Gives ``tmp`` the mode (and owner) its output is to have, before it is renamed."""
+        if self.mode is not None:
+            os.chmod(tmp, self.mode)
+            return
+        try:
+            old = os.stat(final)
+        except OSError:
+            old = None
+        if old is not None and stat.S_ISREG(old.st_mode):
+            mode = stat.S_IMODE(old.st_mode)
+            os.chmod(tmp, mode)
+            ours = os.stat(tmp)
+            if (ours.st_uid, ours.st_gid) != (old.st_uid, old.st_gid):
+                with contextlib.suppress(OSError):
+                    os.chown(tmp, old.st_uid, old.st_gid)
+                with contextlib.suppress(OSError):
+                    os.chown(tmp, -1, old.st_gid)
+                if os.stat(tmp).st_gid != old.st_gid:
+                    # The group could not be kept: its permissions would go to another group.
+                    mode &= ~0o070
+                # chown may clear set-id bits: set the mode again.
+                os.chmod(tmp, mode)
+        elif self.new_mode is not None:
+            os.chmod(tmp, self.new_mode)
 
     def discard(self) -> None:
         for tmp, _ in self._pending:

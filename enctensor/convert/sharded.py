@@ -7,10 +7,14 @@ members (``metadata.total_size``, ...) are kept as they are. Indexes are written
 ``transformers`` library writes them (``json.dumps(indent=2)`` plus a newline), keeping the
 member order of the input, so a ``transformers`` index converts back byte for byte.
 
-The index itself is not encrypted or authenticated (it holds only names). Decryption checks
-that every shard holds exactly the tensors that the index assigns to it, so an index that was
-edited to move tensors between shards is detected; it cannot detect a whole shard replaced
-by another file encrypted with the same key under the same tensor names.
+The index itself is not encrypted or authenticated (it holds only names). What binds the set
+is each encrypted shard's metadata entry ``enctensor.shard`` (checkpoint id, position, count
+and file names of the set; see :mod:`enctensor._sharded` and spec/FORMAT.md, "Sharded sets
+and rollback"), which its MAC and signature cover. Decryption and verification check it
+before anything is written: a missing, extra, swapped, renamed or mixed-in shard, or an index
+that does not map each tensor to the shard that holds it, is an
+:class:`~enctensor.IntegrityError`. The entry is not written back to the decrypted shards, so
+a checkpoint converts back byte for byte. Re-keying changes no header, so it keeps the entry.
 """
 
 from __future__ import annotations
@@ -23,9 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from .. import _core
-from ..errors import IntegrityError
+from .._sharded import SHARD_KEY, bind, entry_text, is_plain_name, new_checkpoint
 from . import safetensors as st
-from ._common import InputFormatError, MappedFile, Meter, PathLike, Secret, Staging, about, open_output
+from ._common import (
+    InputFormatError,
+    MappedFile,
+    Meter,
+    PathLike,
+    Secret,
+    Staging,
+    about,
+    open_output,
+    write_encrypted,
+)
 
 #: An index larger than this is not an index (transformers' are a few hundred KiB at most).
 MAX_INDEX_LEN = 64 << 20
@@ -76,15 +90,7 @@ def load_json(path: PathLike) -> Any:
 
 def safe_name(path: PathLike, name: object) -> str:
     """A shard must be a plain file name next to the index: no directories, no ``..``."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or os.path.basename(name) != name
-    ):
+    if not is_plain_name(name):
         raise InputFormatError(
             f"{path}: weight_map entry {name!r} is not a plain file name next to the index"
         )
@@ -113,12 +119,12 @@ def _renamed(index: Index, rename: Callable[[str], str]) -> dict[str, Any]:
     return obj
 
 
-def _check_names(what: PathLike, index: Index, shard: str, names: list[str], exc: type[Exception]) -> None:
+def _check_names(what: PathLike, index: Index, shard: str, names: list[str]) -> None:
     listed, held = set(index.shards[shard]), set(names)
     if listed != held:
         missing = sorted(listed - held)[:3]
         extra = sorted(held - listed)[:3]
-        raise exc(
+        raise InputFormatError(
             f"{what}: the index does not match this shard (tensors listed but absent: {missing},"
             f" present but not listed: {extra})"
         )
@@ -129,9 +135,45 @@ def data_size(index: Index) -> int:
     for shard in index.shards:
         with MappedFile(index.shard_path(shard)) as m:
             header = st.read_header(m)
-            _check_names(m.path, index, shard, [t.name for t in header.tensors], InputFormatError)
+            _check_names(m.path, index, shard, [t.name for t in header.tensors])
             total += header.nbytes
     return total
+
+
+def _encrypt_shard(
+    src: Path,
+    tmp: Path,
+    secret: Secret,
+    entry: str,
+    *,
+    chunk_size: int,
+    scrypt_log_n: int,
+    meter: Meter,
+    shown: Path,
+) -> st.Header:
+    """Encrypts one plaintext shard as :func:`safetensors.encrypt` does, with the set's
+    ``enctensor.shard`` entry added to its metadata."""
+    with MappedFile(src) as m:
+        header = st.read_header(m)
+        if header.metadata and SHARD_KEY in header.metadata:
+            raise InputFormatError(
+                f"{src}: metadata key {SHARD_KEY!r} is reserved for enctensor's converters"
+            )
+        rows = st.rows(m, header)
+        try:
+            write_encrypted(
+                tmp,
+                rows,
+                [*st.enct_metadata(header), (SHARD_KEY, entry)],
+                secret,
+                chunk_size=chunk_size,
+                scrypt_log_n=scrypt_log_n,
+                meter=meter,
+                shown=shown,
+            )
+        finally:
+            del rows  # release the views before the map is closed
+    return header
 
 
 def encrypt(
@@ -144,23 +186,31 @@ def encrypt(
     scrypt_log_n: int,
     meter_factory: Callable[[int], Meter],
 ) -> tuple[int, int]:
-    """Stages the encrypted shards and index; returns (tensors, bytes)."""
+    """Stages the encrypted shards and index; returns (tensors, bytes). Every shard gets the
+    ``enctensor.shard`` entry of one fresh checkpoint id; the set's files are the encrypted
+    shard names, sorted (``model-00001-of-00003.enct``, ...)."""
     index = read_index(src)
+    if not index.shards:
+        raise InputFormatError(f"{src}: the index maps no tensor to any shard: there is nothing to encrypt")
     meter = meter_factory(data_size(index))
     dst = Path(dst)
+    files = sorted(encrypted_name(shard) for shard in index.shards)
+    position = {name: i for i, name in enumerate(files)}
+    checkpoint = new_checkpoint()
     plan = [(shard, staging.add(dst.parent / encrypted_name(shard))) for shard in index.shards]
     index_tmp = staging.add(dst)
     tensors = 0
     for shard, tmp in plan:
-        shard_path = index.shard_path(shard)
-        header = st.encrypt(
-            shard_path,
+        name = encrypted_name(shard)
+        header = _encrypt_shard(
+            index.shard_path(shard),
             tmp,
             secret,
+            entry_text(checkpoint, position[name], files),
             chunk_size=chunk_size,
             scrypt_log_n=scrypt_log_n,
             meter=meter,
-            shown=dst.parent / encrypted_name(shard),
+            shown=dst.parent / name,
         )
         tensors += len(header.tensors)
     with open_output(index_tmp) as f:
@@ -168,14 +218,49 @@ def encrypt(
     return tensors, meter.total
 
 
-def _open_shards(index: Index, secret: Secret) -> list[tuple[str, _core.Reader]]:
-    readers = []
-    for shard in index.shards:
-        path = index.shard_path(shard)
-        reader = secret.open(path)
-        _check_names(path, index, shard, [r[0] for r in reader.tensors()], IntegrityError)
-        readers.append((shard, reader))
-    return readers
+def open_set(
+    src: PathLike,
+    secret: Secret,
+    *,
+    expect_checkpoint: str | None = None,
+) -> tuple[Index, list[tuple[str, _core.Reader]]]:
+    """Opens (and authenticates: MAC, signature, ``expect_metadata`` pins, as
+    ``secret.open`` does) every shard of the encrypted index ``src`` and checks that they are
+    one whole set as the index describes it (:func:`enctensor._sharded.bind`); returns the
+    index and ``(shard file name, reader)`` in set order."""
+    index = read_index(src)
+    return index, bind(src, index.shards, secret.open, expect_checkpoint=expect_checkpoint)
+
+
+def set_credentials(src: PathLike, secret: Secret) -> list[tuple[Path, dict[str, Any]]]:
+    """For re-keying an encrypted index: every shard of the set, in set order, with the
+    credential that opens it, after the whole set was opened, authenticated and checked to be
+    one set (so that a wrong key, or a broken or mixed set, changes no shard)."""
+    index = read_index(src)
+    creds: dict[str, dict[str, Any]] = {}
+
+    def open_shard(path: Path) -> _core.Reader:
+        p = os.fspath(path)
+        reader, cred = secret.attempt(path, lambda c: _core.Reader(p, **c))
+        creds[path.name] = cred
+        return reader
+
+    readers = bind(src, index.shards, open_shard)
+    return [(index.shard_path(name), creds[name]) for name, _ in readers]
+
+
+class _Unbound:
+    """A reader whose metadata leaves out the ``enctensor.shard`` entry (for writing the
+    plaintext shard back as it was)."""
+
+    def __init__(self, reader: _core.Reader) -> None:
+        self._reader = reader
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in self._reader.metadata() if k != SHARD_KEY]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
 
 
 def decrypt(
@@ -185,31 +270,39 @@ def decrypt(
     staging: Staging,
     *,
     meter_factory: Callable[[int], Meter],
+    expect_checkpoint: str | None = None,
 ) -> tuple[int, int, list[str]]:
-    """Stages the decrypted shards and index; returns (tensors, bytes, dropped metadata)."""
-    index = read_index(src)
+    """Stages the decrypted shards and index; returns (tensors, bytes, dropped metadata).
+    The set is checked whole (:func:`open_set`) before anything is written."""
+    index, readers = open_set(src, secret, expect_checkpoint=expect_checkpoint)
     dst = Path(dst)
-    plan = [(shard, staging.add(dst.parent / decrypted_name(shard))) for shard in index.shards]
+    plan = [staging.add(dst.parent / decrypted_name(shard)) for shard, _ in readers]
     index_tmp = staging.add(dst)
-    readers = _open_shards(index, secret)
     total = sum(r[4] for _, reader in readers for r in reader.tensors())
     meter = meter_factory(total)
     tensors = 0
     dropped: set[str] = set()
-    for (shard, reader), (_, tmp) in zip(readers, plan, strict=True):
+    for (shard, reader), tmp in zip(readers, plan, strict=True):
         with open_output(tmp) as f:
-            dropped.update(st.write(reader, f, meter=meter, shown=index.shard_path(shard)))
+            unbound: Any = _Unbound(reader)
+            dropped.update(st.write(unbound, f, meter=meter, shown=index.shard_path(shard)))
         tensors += len(reader.tensors())
     with open_output(index_tmp) as f:
         f.write(dump_index(_renamed(index, decrypted_name)))
     return tensors, total, sorted(dropped)
 
 
-def verify(src: PathLike, secret: Secret) -> tuple[int, int]:
-    """Verifies every shard of an encrypted index; returns (tensors, bytes)."""
-    index = read_index(src)
+def verify(
+    src: PathLike,
+    secret: Secret,
+    *,
+    expect_checkpoint: str | None = None,
+) -> tuple[int, int]:
+    """Verifies every shard of an encrypted index, after checking that they are one whole set
+    (:func:`open_set`); returns (tensors, bytes)."""
+    index, readers = open_set(src, secret, expect_checkpoint=expect_checkpoint)
     tensors = nbytes = 0
-    for shard, reader in _open_shards(index, secret):
+    for shard, reader in readers:
         with about(index.shard_path(shard)):
             reader.verify()
         rows = reader.tensors()

@@ -5,7 +5,8 @@ use std::fmt;
 /// Everything that can go wrong. Messages never contain key material.
 #[derive(Debug)]
 pub enum Error {
-    /// The bytes are not a well-formed enctensor v1 file ("format failure").
+    /// The bytes are not a well-formed enctensor v1 file ("format failure"), or the reader
+    /// refuses the file by a local policy (the scrypt cost cap, see [`Error::policy`]).
     Format(String),
     /// No stanza opens with the key or passphrase given ("no match").
     WrongKey(String),
@@ -22,9 +23,17 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Starts the message of a policy refusal (see [`Error::policy`]).
+const POLICY: &str = "refused by this reader's policy";
+
 impl Error {
     pub(crate) fn format(msg: impl Into<String>) -> Self {
         Error::Format(msg.into())
+    }
+    /// A refusal by the reader's local policy, reported as a format failure (the file may be
+    /// valid: the message says which limit refused it and how to lift it).
+    pub(crate) fn policy(msg: impl Into<String>) -> Self {
+        Error::Format(format!("{POLICY}: {}", msg.into()))
     }
     pub(crate) fn io(err: std::io::Error, context: impl Into<String>) -> Self {
         Error::Io(err, context.into())
@@ -45,6 +54,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::Format(m) if m.contains(POLICY) => write!(f, "{m}"),
             Error::Format(m) => write!(f, "not a valid enctensor file: {m}"),
             Error::WrongKey(m) => write!(f, "{m}"),
             Error::Integrity(m) | Error::Signature(m) => write!(f, "{m}"),

@@ -20,25 +20,36 @@ pub const PREAMBLE_LEN: u64 = 32;
 pub const MAC_LEN: u64 = 32;
 pub const TAG_LEN: u64 = 16;
 pub const CIPHER: &str = "AES-256-GCM";
-pub const MIN_STANZA_AREA: u64 = 16;
-pub const MAX_STANZA_AREA: u64 = 1 << 20;
+pub const DIGEST_LEN: u64 = 32;
+/// The page: the header starts on a page boundary (`32 + stanza_area_len` is a multiple of
+/// it) and so does the data section.
+pub const PAGE: u64 = 4096;
+/// Smallest and largest stanza area: `4096 × k - 32`, at most 1,048,544 bytes.
+pub const MIN_STANZA_AREA: u64 = PAGE - PREAMBLE_LEN;
+pub const MAX_STANZA_AREA: u64 = (1 << 20) - PREAMBLE_LEN;
 /// Largest header accepted; checked before the header is read or allocated.
 pub const MAX_HEADER_LEN: u64 = 16 << 20;
-/// Zero bytes allowed between the tag table and the data.
-pub const MAX_PADDING: u64 = 1 << 20;
-/// Alignment of `data_offset` and of every tensor within the data section.
+/// Alignment of every tensor within the data section.
 pub const DATA_ALIGN: u64 = 64;
+/// The only `chunk_digest` of version 1.
+pub const CHUNK_DIGEST: &str = "BLAKE3";
+/// The only signature type of version 1.
+pub const SIGNATURE_TYPE: &str = "ed25519-blake3";
 pub const MIN_CHUNK: u64 = 4096;
 pub const MAX_CHUNK: u64 = 64 << 20;
 pub const MAX_STANZAS: usize = 256;
 pub const MAX_STANZA_MEMBERS: usize = 16;
 pub const MAX_STANZA_STRING: usize = 16_384;
+/// Total bytes of strings (member names and string values, `type` included) over all stanzas
+/// of unknown types.
+pub const MAX_UNKNOWN_STANZA_BYTES: usize = 16_384;
 pub const MAX_TENSORS: usize = 1 << 18;
 pub const MAX_METADATA: usize = 65_536;
 pub const MAX_NAME_LEN: usize = 4096;
 pub const MAX_DIMS: usize = 64;
 pub const SALT_LEN: usize = 16;
-pub const BODY_LEN: usize = 48;
+/// A `key`, `scrypt` or `x25519` body: commitment (32) || wrapped file key (32) || tag (16).
+pub const BODY_LEN: usize = 80;
 pub const X25519_LEN: usize = 32;
 pub const SIG_LEN: usize = 64;
 /// RSA moduli of 2048 to 4096 bits.
@@ -112,8 +123,10 @@ pub struct Header {
     pub data_offset: u64,
     pub chunk_size: u64,
     pub stanzas: Vec<Stanza>,
-    /// Ed25519 signature over the header and tag table, if the publisher signed.
+    /// The `ed25519-blake3` publisher signature (`spec/FORMAT.md`, "Signature"), if any.
     pub signature: Option<[u8; SIG_LEN]>,
+    /// The header has `"chunk_digest": "BLAKE3"`: a digest table follows the tag table.
+    pub chunk_digest: bool,
     pub metadata: Vec<(String, String)>,
     pub tensors: Vec<TensorInfo>,
     pub n_tags: u64,
@@ -132,6 +145,20 @@ impl Header {
     }
     pub fn tags_end(&self) -> u64 {
         self.tags_offset() + self.n_tags * TAG_LEN
+    }
+    /// Where the digest table starts (it is empty without `chunk_digest`).
+    pub fn digests_offset(&self) -> u64 {
+        self.tags_end()
+    }
+    /// End of the tag table and of the digest table, if any: the MAC covers the header and
+    /// everything from `tags_offset()` to here.
+    pub fn tables_end(&self) -> u64 {
+        self.tags_end()
+            + if self.chunk_digest {
+                self.n_tags * DIGEST_LEN
+            } else {
+                0
+            }
     }
     /// Total file length implied by the header.
     pub fn file_len(&self) -> u64 {
@@ -186,10 +213,12 @@ pub fn parse_preamble(bytes: &[u8], file_len: u64) -> Result<Preamble> {
     let header_len = u64::from(u32_at(16));
     let reserved = u32_at(20);
     let data_offset = u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes"));
-    if !(MIN_STANZA_AREA..=MAX_STANZA_AREA).contains(&stanza_area_len) {
+    if !(MIN_STANZA_AREA..=MAX_STANZA_AREA).contains(&stanza_area_len)
+        || (PREAMBLE_LEN + stanza_area_len) % PAGE != 0
+    {
         return Err(Error::format(format!(
-            "stanza area length {stanza_area_len} is outside the allowed range \
-             {MIN_STANZA_AREA}..={MAX_STANZA_AREA}"
+            "stanza area length {stanza_area_len} is not 4096 × k - 32 between \
+             {MIN_STANZA_AREA} and {MAX_STANZA_AREA}"
         )));
     }
     if !(2..=MAX_HEADER_LEN).contains(&header_len) {
@@ -207,9 +236,9 @@ pub fn parse_preamble(bytes: &[u8], file_len: u64) -> Result<Preamble> {
              end of the {file_len}-byte file (truncated file?)"
         )));
     }
-    if data_offset % DATA_ALIGN != 0 {
+    if data_offset % PAGE != 0 {
         return Err(Error::format(format!(
-            "data offset {data_offset} is not a multiple of 64"
+            "data offset {data_offset} is not a multiple of {PAGE}"
         )));
     }
     Ok(Preamble {
@@ -399,9 +428,36 @@ fn parse_stanza(v: &Json, i: usize) -> Result<Stanza> {
     }
 }
 
-/// Parses the stanza area: `{"stanzas": [...], "signature": {...}?}` followed by spaces.
+/// The canonical stanza area length for `json_len` bytes of stanza-area JSON (without the
+/// padding): the smallest `4096 × k - 32` that holds it.
+pub fn canonical_area_len(json_len: u64) -> u64 {
+    (PREAMBLE_LEN + json_len).div_ceil(PAGE) * PAGE - PREAMBLE_LEN
+}
+
+/// Bytes of strings in a stanza (member names and string values, after unescaping).
+fn string_bytes(v: &Json) -> usize {
+    match v {
+        Json::Object(members) => members
+            .iter()
+            .map(|(k, v)| k.len() + if let Json::Str(s) = v { s.len() } else { 0 })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Parses the stanza area: `{"stanzas": [...], "signature": {...}?}` followed by spaces, no
+/// longer than it has to be (`spec/FORMAT.md`, "Stanza area").
 pub fn parse_stanza_area(bytes: &[u8]) -> Result<(Vec<Stanza>, Option<[u8; SIG_LEN]>)> {
     let root = parse_header_json(bytes).map_err(|e| Error::format(format!("stanza area: {e}")))?;
+    let json_len = frame(bytes).map_or(0, <[u8]>::len) as u64;
+    let canonical = canonical_area_len(json_len);
+    if bytes.len() as u64 != canonical {
+        return fail(format!(
+            "the stanza area is {} bytes, but its {json_len} bytes of JSON make it exactly \
+             {canonical} (4096 × k - 32, no more spaces than needed)",
+            bytes.len()
+        ));
+    }
     let members = as_object(&root, "the stanza area")?;
     for (k, _) in members {
         if k != "stanzas" && k != "signature" {
@@ -423,6 +479,18 @@ pub fn parse_stanza_area(bytes: &[u8]) -> Result<(Vec<Stanza>, Option<[u8; SIG_L
         .enumerate()
         .map(|(i, s)| parse_stanza(s, i))
         .collect::<Result<Vec<_>>>()?;
+    let unknown_bytes: usize = stanzas
+        .iter()
+        .zip(stanza_list)
+        .filter(|(s, _)| matches!(s, Stanza::Unknown { .. }))
+        .map(|(_, v)| string_bytes(v))
+        .sum();
+    if unknown_bytes > MAX_UNKNOWN_STANZA_BYTES {
+        return fail(format!(
+            "the stanzas of unknown types hold {unknown_bytes} bytes of strings, more than the \
+             {MAX_UNKNOWN_STANZA_BYTES} allowed"
+        ));
+    }
     if stanzas.len() > 1 && stanzas.iter().any(|s| matches!(s, Stanza::Scrypt { .. })) {
         return fail("a passphrase (scrypt) stanza must be the only stanza of its file");
     }
@@ -431,8 +499,11 @@ pub fn parse_stanza_area(bytes: &[u8]) -> Result<(Vec<Stanza>, Option<[u8; SIG_L
         Some((_, v)) => {
             let m = as_object(v, "signature")?;
             let [kind, sig] = exact_members(m, ["type", "sig"], "signature")?;
-            if as_str(kind, "signature type")? != "ed25519" {
-                return fail("signature type must be \"ed25519\"");
+            let kind = as_str(kind, "signature type")?;
+            if kind != SIGNATURE_TYPE {
+                return fail(format!(
+                    "signature type {kind:?} is not supported (only {SIGNATURE_TYPE:?})"
+                ));
             }
             Some(hex_exact(sig, "signature sig")?)
         }
@@ -523,13 +594,22 @@ struct RawTensor<'a> {
     encrypted: bool,
 }
 
-/// The header object. serde rejects unknown and duplicate members of these structs.
+/// An optional string member that may be absent but never `null`.
+fn some_str<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
+/// The header object. serde rejects unknown and duplicate members of these structs. Nesting
+/// deeper than these records (4 levels) is a schema error before serde_json's own depth limit
+/// could matter.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHeader<'a> {
     #[serde(borrow)]
     cipher: Cow<'a, str>,
     chunk_size: Int,
+    #[serde(default, deserialize_with = "some_str")]
+    chunk_digest: Option<String>,
     metadata: Metadata,
     #[serde(borrow)]
     tensors: Vec<RawTensor<'a>>,
@@ -555,6 +635,15 @@ pub fn parse_header(json: &[u8], pre: &Preamble, file_len: u64) -> Result<Header
             "chunk_size {chunk_size} must be a power of two between {MIN_CHUNK} and {MAX_CHUNK}"
         ));
     }
+    let chunk_digest = match raw.chunk_digest.as_deref() {
+        None => false,
+        Some(CHUNK_DIGEST) => true,
+        Some(other) => {
+            return fail(format!(
+                "chunk_digest {other:?} is not supported (only {CHUNK_DIGEST:?})"
+            ))
+        }
+    };
     let metadata = raw.metadata.0;
     if raw.tensors.len() > MAX_TENSORS {
         return fail(format!("more than {MAX_TENSORS} tensors"));
@@ -633,18 +722,21 @@ pub fn parse_header(json: &[u8], pre: &Preamble, file_len: u64) -> Result<Header
         chunk_size,
         stanzas: Vec::new(),
         signature: None,
+        chunk_digest,
         metadata,
         tensors: out,
         n_tags,
     };
-    let tags_end = n_tags
-        .checked_mul(TAG_LEN)
+    let per_chunk = TAG_LEN + if chunk_digest { DIGEST_LEN } else { 0 };
+    let tables_end = n_tags
+        .checked_mul(per_chunk)
         .and_then(|t| t.checked_add(header.tags_offset()))
         .ok_or_else(overflow)?;
-    if data_offset < tags_end || data_offset - tags_end > MAX_PADDING {
+    let want_offset = align_up(tables_end, PAGE).ok_or_else(overflow)?;
+    if data_offset != want_offset {
         return fail(format!(
-            "data offset {data_offset} must lie between the end of the tag table ({tags_end}) and \
-             {MAX_PADDING} bytes after it"
+            "data offset {data_offset} is not the canonical {want_offset} (the end of the tables, \
+             {tables_end}, rounded up to a multiple of {PAGE})"
         ));
     }
     let expected_len = data_offset.checked_add(prev_end).ok_or_else(overflow)?;
@@ -660,15 +752,15 @@ pub fn parse_header(json: &[u8], pre: &Preamble, file_len: u64) -> Result<Header
     Ok(header)
 }
 
-/// Checks that every byte the layout leaves as padding is zero: after the tag table and
+/// Checks that every byte the layout leaves as padding is zero: after the tables and
 /// between tensors. `file` is the whole file.
 pub fn check_padding(header: &Header, file: &[u8]) -> Result<()> {
-    let tags_end = header.tags_end() as usize;
-    if file[tags_end..header.data_offset as usize]
+    let tables_end = header.tables_end() as usize;
+    if file[tables_end..header.data_offset as usize]
         .iter()
         .any(|&b| b != 0)
     {
-        return fail("the padding between the tag table and the data is not all zero");
+        return fail("the padding between the tables and the data is not all zero");
     }
     let base = header.data_offset as usize;
     for pair in header.tensors.windows(2) {
@@ -691,6 +783,12 @@ pub fn parse_file(file: &[u8]) -> Result<Header> {
     let (stanzas, signature) = parse_stanza_area(&file[PREAMBLE_LEN as usize..area_end])?;
     let json = &file[area_end..area_end + pre.header_len as usize];
     let mut header = parse_header(json, &pre, file_len)?;
+    if signature.is_some() && !header.chunk_digest {
+        return fail(format!(
+            "the file has a signature but its header has no \"chunk_digest\" (an \
+             {SIGNATURE_TYPE:?} signature covers the digest table)"
+        ));
+    }
     header.stanzas = stanzas;
     header.signature = signature;
     check_padding(&header, file)?;
@@ -744,11 +842,24 @@ mod tests {
             parse_preamble(&bad, 10_000),
             Err(Error::Format(_))
         ));
-        let bad = preamble(4064, 100, 8193);
-        assert!(matches!(
-            parse_preamble(&bad, 10_000),
-            Err(Error::Format(_))
-        ));
+        for bad_offset in [8193, 8256, 4160] {
+            let bad = preamble(4064, 100, bad_offset);
+            assert!(matches!(
+                parse_preamble(&bad, 10_000),
+                Err(Error::Format(_))
+            ));
+        }
+        // The stanza area is 4096 × k - 32, from 4064 to 1,048,544 bytes.
+        for area in [16, 4063, 4065, 8191, 8192, 1_048_576, 1_048_544 + 4096] {
+            let bad = preamble(area, 100, 8192);
+            assert!(
+                matches!(parse_preamble(&bad, u64::MAX), Err(Error::Format(_))),
+                "{area}"
+            );
+        }
+        for area in [4064, 8160, 1_048_544] {
+            assert!(parse_preamble(&preamble(area, 100, 8192), u64::MAX).is_ok());
+        }
     }
 
     fn header_json(tensors: &str) -> String {
@@ -759,11 +870,12 @@ mod tests {
 
     fn pre(json: &str, n_tags: u64) -> Preamble {
         let hl = json.len() as u64;
-        let tags_end = PREAMBLE_LEN + 16 + hl + 32 + n_tags * 16;
+        let digests = if json.contains("chunk_digest") { 32 } else { 0 };
+        let tables_end = PREAMBLE_LEN + 4064 + hl + 32 + n_tags * (16 + digests);
         Preamble {
-            stanza_area_len: 16,
+            stanza_area_len: 4064,
             header_len: hl,
-            data_offset: tags_end.div_ceil(64) * 64,
+            data_offset: tables_end.div_ceil(4096) * 4096,
         }
     }
 
@@ -781,6 +893,53 @@ mod tests {
         assert!(parse_header(j.as_bytes(), &p, p.data_offset + 5065).is_err());
         let bad = j.replace("[64,5064]", "[12,5012]");
         assert!(parse_header(bad.as_bytes(), &pre(&bad, 3), p.data_offset + 5012).is_err());
+        // data_offset is exactly align(tables_end, 4096): one page more is a format failure.
+        let mut far = p;
+        far.data_offset += 4096;
+        assert!(matches!(
+            parse_header(j.as_bytes(), &far, far.data_offset + 5064),
+            Err(Error::Format(_))
+        ));
+    }
+
+    #[test]
+    fn chunk_digest_adds_a_digest_table() {
+        let tensor =
+            r#"{"name":"a","dtype":"U8","shape":[5000],"offsets":[0,5000],"encrypted":true}"#;
+        let plain = header_json(tensor);
+        let digest = plain.replace(
+            r#""chunk_size":4096,"#,
+            r#""chunk_size":4096,"chunk_digest":"BLAKE3","#,
+        );
+        let p = pre(&digest, 2);
+        let h = parse_header(digest.as_bytes(), &p, p.data_offset + 5000).unwrap();
+        assert!(h.chunk_digest);
+        assert_eq!(h.tables_end(), h.tags_end() + 64);
+        let h = parse_header(
+            plain.as_bytes(),
+            &pre(&plain, 2),
+            pre(&plain, 2).data_offset + 5000,
+        )
+        .unwrap();
+        assert!(!h.chunk_digest);
+        assert_eq!(h.tables_end(), h.tags_end());
+        for bad in [r#""SHA-256""#, "null", "1", r#""blake3""#] {
+            let j = digest.replace(r#""BLAKE3""#, bad);
+            let p = pre(&j, 2);
+            assert!(
+                matches!(
+                    parse_header(j.as_bytes(), &p, p.data_offset + 5000),
+                    Err(Error::Format(_))
+                ),
+                "{bad}"
+            );
+        }
+        let dup = digest.replace(
+            r#""chunk_size":4096,"#,
+            r#""chunk_size":4096,"chunk_digest":"BLAKE3","#,
+        );
+        let p = pre(&dup, 2);
+        assert!(parse_header(dup.as_bytes(), &p, p.data_offset + 5000).is_err());
     }
 
     #[test]
@@ -800,10 +959,80 @@ mod tests {
         }
     }
 
+    /// `json` padded with spaces to its canonical stanza area length.
+    fn canonical(json: &str) -> String {
+        let mut s = json.to_owned();
+        let n = canonical_area_len(s.len() as u64) as usize;
+        s.push_str(&" ".repeat(n - s.len()));
+        s
+    }
+
+    #[test]
+    fn stanza_area_length_is_canonical() {
+        let key = format!(
+            r#"{{"type":"key","salt":"{}","body":"{}"}}"#,
+            "00".repeat(16),
+            "ab".repeat(80)
+        );
+        let json = format!(r#"{{"stanzas":[{key}]}}"#);
+        assert_eq!(canonical(&json).len(), 4064);
+        assert!(parse_stanza_area(canonical(&json).as_bytes()).is_ok());
+        // One page more of spaces, or too few, is a format failure.
+        let grown = format!("{}{}", canonical(&json), " ".repeat(4096));
+        assert!(matches!(
+            parse_stanza_area(grown.as_bytes()),
+            Err(Error::Format(_))
+        ));
+        assert!(matches!(
+            parse_stanza_area(json.as_bytes()),
+            Err(Error::Format(_))
+        ));
+        // 4064 bytes of JSON exactly fill the first page; one more needs the next page.
+        assert_eq!(canonical_area_len(4064), 4064);
+        assert_eq!(canonical_area_len(4065), 8160);
+        assert_eq!(canonical_area_len(1), 4064);
+        // Leading space: the first byte must be '{'.
+        let shifted = format!(" {}", &canonical(&json)[..4063]);
+        assert!(matches!(
+            parse_stanza_area(shifted.as_bytes()),
+            Err(Error::Format(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_stanzas_have_a_budget_of_16384_bytes_of_strings() {
+        let key = format!(
+            r#"{{"type":"key","salt":"{}","body":"{}"}}"#,
+            "00".repeat(16),
+            "ab".repeat(80)
+        );
+        // type (4) + "future" (6) + "x" (1) + value: exactly at the budget, then one over.
+        let unknown = |n: usize| format!(r#"{{"type":"future","x":"{}"}}"#, "v".repeat(n));
+        let area = |list: String| canonical(&format!(r#"{{"stanzas":[{list}]}}"#));
+        let at = 16_384 - 11;
+        assert!(parse_stanza_area(area(format!("{key},{}", unknown(at))).as_bytes()).is_ok());
+        assert!(matches!(
+            parse_stanza_area(area(format!("{key},{}", unknown(at + 1))).as_bytes()),
+            Err(Error::Format(m)) if m.contains("unknown types")
+        ));
+        // The budget is over all unknown stanzas together, counted after unescaping.
+        let half = unknown(at / 2);
+        assert!(matches!(
+            parse_stanza_area(area(format!("{half},{half},{half}")).as_bytes()),
+            Err(Error::Format(_))
+        ));
+        let escaped = format!(r#"{{"type":"future","x":"{}"}}"#, "\\u0041".repeat(at));
+        assert!(parse_stanza_area(area(escaped).as_bytes()).is_ok());
+        // Integers do not count; known stanzas do not count.
+        let ints = r#"{"type":"future","n":123456789}"#;
+        let keys = vec![key.clone(); 100].join(",");
+        assert!(parse_stanza_area(area(format!("{keys},{ints}")).as_bytes()).is_ok());
+    }
+
     #[test]
     fn stanza_area_rules() {
         let salt = "00".repeat(16);
-        let body = "ab".repeat(48);
+        let body = "ab".repeat(80);
         let key = format!(r#"{{"type":"key","salt":"{salt}","body":"{body}"}}"#);
         let scrypt = format!(r#"{{"type":"scrypt","salt":"{salt}","log_n":10,"body":"{body}"}}"#);
         let x = format!(
@@ -811,8 +1040,10 @@ mod tests {
             "01".repeat(32)
         );
         let rsa = format!(r#"{{"type":"rsa-oaep","body":"{}"}}"#, "02".repeat(256));
-        let area = |stanzas: &str| format!(r#"{{"stanzas":[{stanzas}]}}    "#);
+        let area = |stanzas: &str| canonical(&format!(r#"{{"stanzas":[{stanzas}]}}"#));
         let check = |s: String| parse_stanza_area(s.as_bytes());
+        // The old 48-byte body (no commitment) is a format failure.
+        assert!(check(area(&key.replace(&body, &"ab".repeat(48)))).is_err());
         assert!(check(area(&key)).is_ok());
         assert!(check(area(&scrypt)).is_ok());
         assert_eq!(check(area(&format!("{key},{x},{rsa}"))).unwrap().0.len(), 3);
@@ -826,13 +1057,24 @@ mod tests {
         assert!(check(area(r#"{"type":"future-recipient","x":"y","n":3}"#)).is_ok());
         assert!(check(area(r#"{"type":"future-recipient","x":{"nested":1}}"#)).is_err());
         assert!(check(area("")).is_err());
-        assert!(check(format!(r#"{{"stanzas":[{key}],"other":1}}"#)).is_err());
+        assert!(check(canonical(&format!(r#"{{"stanzas":[{key}],"other":1}}"#))).is_err());
         let sig = format!(
-            r#"{{"stanzas":[{key}],"signature":{{"type":"ed25519","sig":"{}"}}}}"#,
+            r#"{{"stanzas":[{key}],"signature":{{"type":"ed25519-blake3","sig":"{}"}}}}"#,
             "cd".repeat(64)
         );
-        assert!(check(sig.clone()).unwrap().1.is_some());
-        assert!(check(sig.replace("ed25519", "rsa")).is_err());
-        assert!(check(format!("{}\n", area(&key))).is_err());
+        assert!(check(canonical(&sig)).unwrap().1.is_some());
+        // The old "ed25519" type (header and tag table only) is a format failure.
+        for other in ["ed25519", "rsa", "ED25519-BLAKE3"] {
+            let s = canonical(&sig.replace("ed25519-blake3", other));
+            assert!(matches!(check(s), Err(Error::Format(_))), "{other}");
+        }
+        let s = canonical(&sig.replace(r#","sig":"#, r#","extra":"x","sig":"#));
+        assert!(matches!(check(s), Err(Error::Format(_))));
+        let mut newline = area(&key);
+        newline.pop();
+        newline.push('\n');
+        assert!(check(newline).is_err());
+        let many = vec![key.clone(); 257].join(",");
+        assert!(matches!(check(area(&many)), Err(Error::Format(_))));
     }
 }

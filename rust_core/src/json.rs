@@ -1,13 +1,19 @@
-//! A strict JSON value for the header: objects keep their order and reject duplicate names,
-//! numbers must be integers in [0, 2^53 - 1]. serde_json's own `Value` silently keeps the last
-//! of duplicate names, which would let two readers see two different headers.
+//! A strict JSON value for the stanza area: objects keep their order and reject duplicate
+//! names, numbers must be integers in [0, 2^53 - 1], nesting is at most [`MAX_DEPTH`] levels.
+//! serde_json's own `Value` silently keeps the last of duplicate names, which would let two
+//! readers see two different headers.
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::collections::HashSet;
 use std::fmt;
 
 /// Largest integer the format allows (interoperable with parsers that use doubles).
 pub const MAX_INT: u64 = (1 << 53) - 1;
+
+/// Deepest nesting a reader accepts (`spec/FORMAT.md`, "Header"): every object and every array
+/// is one level, the outermost object is level 1. (serde_json's own limit stops one level
+/// earlier, so the tree parser turns it off and counts levels itself.)
+pub const MAX_DEPTH: usize = 128;
 
 #[derive(Debug)]
 pub enum Json {
@@ -33,7 +39,31 @@ impl Json {
     }
 }
 
-struct JsonVisitor;
+/// Parses one value whose containers would be at nesting level `self.0 + 1`.
+#[derive(Clone, Copy)]
+struct Level(usize);
+
+impl Level {
+    /// The level of a container opened here, or an error past [`MAX_DEPTH`].
+    fn enter<E: de::Error>(self) -> Result<Level, E> {
+        let level = self.0 + 1;
+        if level > MAX_DEPTH {
+            return Err(E::custom(format!(
+                "JSON nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        Ok(Level(level))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Level {
+    type Value = Json;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
+        d.deserialize_any(JsonVisitor(self))
+    }
+}
+
+struct JsonVisitor(Level);
 
 impl<'de> Visitor<'de> for JsonVisitor {
     type Value = Json;
@@ -70,20 +100,22 @@ impl<'de> Visitor<'de> for JsonVisitor {
         Ok(Json::Str(v))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let inner = self.0.enter()?;
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element::<Json>()? {
+        while let Some(v) = seq.next_element_seed(inner)? {
             out.push(v);
         }
         Ok(Json::Array(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let inner = self.0.enter()?;
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         while let Some(k) = map.next_key::<String>()? {
             if !seen.insert(k.clone()) {
                 return Err(de::Error::custom(format!("duplicate member name {k:?}")));
             }
-            let v = map.next_value::<Json>()?;
+            let v = map.next_value_seed(inner)?;
             out.push((k, v));
         }
         Ok(Json::Object(out))
@@ -92,7 +124,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
 
 impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
-        d.deserialize_any(JsonVisitor)
+        Level(0).deserialize(d)
     }
 }
 
@@ -114,6 +146,8 @@ pub fn frame(bytes: &[u8]) -> Result<&[u8], String> {
 pub fn parse_header_json(bytes: &[u8]) -> Result<Json, String> {
     let body = frame(bytes)?;
     let mut de = serde_json::Deserializer::from_slice(body);
+    // Levels are counted by `Level` (at most MAX_DEPTH, so recursion stays bounded).
+    de.disable_recursion_limit();
     let v = Json::deserialize(&mut de).map_err(|e| format!("invalid JSON: {e}"))?;
     de.end().map_err(|e| format!("invalid JSON: {e}"))?;
     Ok(v)
@@ -149,6 +183,24 @@ mod tests {
         assert!(parse_header_json(b"\xef\xbb\xbf{}").is_err());
         assert!(parse_header_json(br#"{}{}"#).is_err());
         assert!(parse_header_json(br#"{"a":"\ud800"}"#).is_err());
+    }
+
+    #[test]
+    fn nesting_limit_is_128_levels_counting_objects_and_arrays() {
+        // The outermost object is level 1; `{"a":[[...]]}` with k arrays has 1 + k levels.
+        let nested = |k: usize| format!("{{\"a\":{}{}}}", "[".repeat(k), "]".repeat(k));
+        assert!(parse_header_json(nested(127).as_bytes()).is_ok());
+        let err = parse_header_json(nested(128).as_bytes()).unwrap_err();
+        assert!(err.contains("128 levels"), "{err}");
+        let mut s = String::new();
+        for _ in 0..127 {
+            s.push_str("{\"a\":");
+        }
+        s.push_str("{}");
+        s.push_str(&"}".repeat(127));
+        assert!(parse_header_json(s.as_bytes()).is_ok(), "128 objects");
+        let deeper = format!("{{\"b\":{s}}}");
+        assert!(parse_header_json(deeper.as_bytes()).is_err(), "129 objects");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use aws_lc_rs::rsa::{
     OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
     OAEP_SHA256_MGF1SHA256,
 };
-use aws_lc_rs::signature::{self, Ed25519KeyPair};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, GcmKey, SecretKey, KEY_LEN};
@@ -18,8 +18,17 @@ use crate::header::{
 
 const LABEL_X25519: &[u8] = b"enctensor.v1 x25519";
 const LABEL_RSA: &[u8] = b"enctensor.v1 rsa-oaep";
-const LABEL_SIGNATURE: &[u8] = b"enctensor.v1 signature\0";
+const LABEL_COMMITMENT: &[u8] = b"enctensor.v1 stanza commitment";
+const LABEL_SEAL: &[u8] = b"enctensor.v1 stanza seal";
+/// Followed by a zero byte in the signed message.
+const LABEL_SIGNATURE: &[u8] = b"enctensor.v1 ed25519-blake3";
 const ZERO_NONCE: [u8; 12] = [0u8; 12];
+/// Length of the commitment at the start of a `key`, `scrypt` or `x25519` body.
+const COMMIT_LEN: usize = 32;
+/// An Ed25519 public key.
+pub const ED25519_PUBLIC_LEN: usize = 32;
+/// The reader's default scrypt cost cap (`spec/FORMAT.md`, "scrypt"): 2^18 is 256 MiB.
+pub const DEFAULT_MAX_SCRYPT_LOG_N: u8 = 18;
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
@@ -209,24 +218,74 @@ fn x25519_wrap_key(shared: &[u8], share: &[u8], recipient: &[u8]) -> SecretKey {
     crypto::hkdf(shared, &[share, recipient].concat(), &[LABEL_X25519])
 }
 
+/// The commitment to a wrap key that starts a stanza body.
+fn commitment(wrap_key: &SecretKey) -> SecretKey {
+    crypto::hkdf(&wrap_key[..], &[], &[LABEL_COMMITMENT])
+}
+
+/// The AES-256-GCM key that seals the file key in a stanza body.
+fn seal_key(wrap_key: &SecretKey) -> GcmKey {
+    GcmKey::new(&crypto::hkdf(&wrap_key[..], &[], &[LABEL_SEAL]))
+}
+
+/// Opens a key-committing body: the commitment must match `wrap_key` (compared in constant
+/// time) before AES-GCM runs, so one body opens under one wrap key only.
 fn unwrap_body(wrap_key: &SecretKey, body: &[u8; BODY_LEN]) -> Option<SecretKey> {
+    let (commit, sealed) = body.split_at(COMMIT_LEN);
+    if !crypto::ct_eq(&commitment(wrap_key)[..], commit) {
+        return None;
+    }
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    let ok = GcmKey::new(wrap_key).open_into(
+    let ok = seal_key(wrap_key).open_into(
         ZERO_NONCE,
         b"",
-        &body[..KEY_LEN],
-        &body[KEY_LEN..],
+        &sealed[..KEY_LEN],
+        &sealed[KEY_LEN..],
         &mut out[..],
     );
     ok.then_some(out)
 }
 
+/// `commitment || AES-GCM-Seal(seal key, 0, file key, "")`.
 fn wrap_body(wrap_key: &SecretKey, file_key: &SecretKey) -> [u8; BODY_LEN] {
     let mut body = [0u8; BODY_LEN];
-    body[..KEY_LEN].copy_from_slice(&file_key[..]);
-    let tag = GcmKey::new(wrap_key).seal(ZERO_NONCE, b"", &mut body[..KEY_LEN]);
-    body[KEY_LEN..].copy_from_slice(&tag);
+    body[..COMMIT_LEN].copy_from_slice(&commitment(wrap_key)[..]);
+    let sealed = &mut body[COMMIT_LEN..];
+    sealed[..KEY_LEN].copy_from_slice(&file_key[..]);
+    let tag = seal_key(wrap_key).seal(ZERO_NONCE, b"", &mut sealed[..KEY_LEN]);
+    sealed[KEY_LEN..].copy_from_slice(&tag);
     body
+}
+
+/// Checks the caller's scrypt cost cap: 10..=20.
+pub fn check_max_scrypt_log_n(max_scrypt_log_n: u8) -> Result<()> {
+    if !(MIN_LOG_N..=MAX_LOG_N).contains(&u64::from(max_scrypt_log_n)) {
+        return Err(invalid(format!(
+            "max_scrypt_log_n must be between {MIN_LOG_N} and {MAX_LOG_N}, got {max_scrypt_log_n}"
+        )));
+    }
+    Ok(())
+}
+
+/// The reader's scrypt cost policy (`spec/FORMAT.md`, "scrypt"): refuses, before scrypt
+/// runs, a file whose `scrypt` stanza asks for more than `2^max_scrypt_log_n`. Applied to the
+/// file whatever credential is given, as the reference reader does.
+pub fn check_scrypt_policy(stanzas: &[Stanza], max_scrypt_log_n: u8) -> Result<()> {
+    check_max_scrypt_log_n(max_scrypt_log_n)?;
+    for s in stanzas {
+        if let Stanza::Scrypt { log_n, .. } = s {
+            if *log_n > max_scrypt_log_n {
+                return Err(Error::policy(format!(
+                    "the passphrase (scrypt) stanza asks for log_n = {log_n} ({} MiB of memory \
+                     per attempt, doubling the time with each step), above this reader's limit \
+                     max_scrypt_log_n = {max_scrypt_log_n}; if you trust this file, allow it \
+                     with max_scrypt_log_n={log_n} (CLI: --max-scrypt-log-n {log_n})",
+                    1u64 << (log_n - 10)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn kinds(stanzas: &[Stanza]) -> String {
@@ -249,7 +308,14 @@ fn no_match(stanzas: &[Stanza], what: &str, tried_any: bool) -> Error {
 }
 
 /// Tries every stanza the credential can open; returns the file key of the first that does.
-pub fn open_stanzas(stanzas: &[Stanza], cred: &Credential) -> Result<SecretKey> {
+/// A file whose scrypt stanza costs more than `2^max_scrypt_log_n` is refused first
+/// ([`check_scrypt_policy`]).
+pub fn open_stanzas(
+    stanzas: &[Stanza],
+    cred: &Credential,
+    max_scrypt_log_n: u8,
+) -> Result<SecretKey> {
+    check_scrypt_policy(stanzas, max_scrypt_log_n)?;
     let mut tried = false;
     match cred {
         Credential::Key(key) => {
@@ -387,28 +453,81 @@ pub fn make_stanza(file_key: &SecretKey, recipient: &Recipient, log_n: u8) -> Re
     })
 }
 
-/// The message an Ed25519 publisher signature covers.
-fn signed_message(header: &[u8], tags: &[u8]) -> Vec<u8> {
-    [LABEL_SIGNATURE, header, tags].concat()
+/// The message an `ed25519-blake3` signature covers (`spec/FORMAT.md`, "Signature"):
+/// `label || 0x00 || u64le(header_len) || u64le(C) || BLAKE3(header || MAC || tags || digests)`.
+/// `C` is the number of chunks, `tags.len() / 16`.
+pub fn signed_message(header: &[u8], mac: &[u8], tags: &[u8], digests: &[u8]) -> Vec<u8> {
+    let mut transcript = blake3::Hasher::new();
+    for part in [header, mac, tags, digests] {
+        transcript.update(part);
+    }
+    let n_chunks = (tags.len() / crate::crypto::TAG_LEN) as u64;
+    let mut m = Vec::with_capacity(LABEL_SIGNATURE.len() + 1 + 16 + 32);
+    m.extend_from_slice(LABEL_SIGNATURE);
+    m.push(0);
+    m.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    m.extend_from_slice(&n_chunks.to_le_bytes());
+    m.extend_from_slice(transcript.finalize().as_bytes());
+    m
 }
 
-/// Signs with an Ed25519 private key given as its 32-byte seed.
-pub fn sign(seed: &[u8], header: &[u8], tags: &[u8]) -> Result<[u8; SIG_LEN]> {
+/// Signs `message` with an Ed25519 private key given as its 32-byte seed (RFC 8032).
+pub fn sign(seed: &[u8], message: &[u8]) -> Result<[u8; SIG_LEN]> {
     let seed = fixed::<32>(seed, "an Ed25519 private key")?;
-    let pair = Ed25519KeyPair::from_seed_unchecked(&seed[..])
-        .map_err(|_| invalid("not a usable Ed25519 private key"))?;
-    Ok(pair
-        .sign(&signed_message(header, tags))
-        .as_ref()
-        .try_into()
-        .expect("64-byte signature"))
+    // SigningKey wipes its secret on drop (ed25519-dalek's "zeroize" feature).
+    let key = SigningKey::from_bytes(&seed);
+    Ok(key.sign(message).to_bytes())
 }
 
-/// Verifies a publisher signature against a caller-supplied 32-byte Ed25519 public key.
-pub fn verify_signature(public: &[u8], sig: &[u8; SIG_LEN], header: &[u8], tags: &[u8]) -> bool {
-    signature::UnparsedPublicKey::new(&signature::ED25519, public)
-        .verify(&signed_message(header, tags), sig)
-        .is_ok()
+fn unusable(why: &str) -> Error {
+    Error::Signature(format!(
+        "the verification key is unusable: it is {why}, not an Ed25519 public key that can \
+         prove who signed a file"
+    ))
+}
+
+/// A caller-supplied Ed25519 verification key (`spec/FORMAT.md`, "Signature", step 1): a
+/// canonical encoding of a point of the prime-order subgroup, not of small order. The eight
+/// small-order points, the identity among them, would accept a forged `(R = identity, S = 0)`
+/// (or similar) on every file: they are refused with [`Error::Signature`].
+pub fn verifying_key(public: &[u8]) -> Result<VerifyingKey> {
+    let bytes: [u8; ED25519_PUBLIC_LEN] = public.try_into().map_err(|_| {
+        invalid(format!(
+            "an Ed25519 verification key is {ED25519_PUBLIC_LEN} bytes, got {}",
+            public.len()
+        ))
+    })?;
+    let key = VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| unusable("not the encoding of a point of the curve"))?;
+    if key.is_weak() {
+        return Err(unusable(
+            "a small-order point (such as the identity, 01 00 … 00, under which a forged \
+             signature verifies for every file)",
+        ));
+    }
+    let point = key.to_edwards();
+    if point.compress().to_bytes() != bytes {
+        return Err(unusable("a non-canonical encoding of a point"));
+    }
+    if !point.is_torsion_free() {
+        return Err(unusable(
+            "a point with a small-order component (outside the prime-order subgroup)",
+        ));
+    }
+    Ok(key)
+}
+
+/// Strict Ed25519 verification (RFC 8032 §5.1.7 without the cofactor; non-canonical `S`,
+/// non-canonical or small-order `R` refused: ed25519-dalek's `verify_strict`).
+pub fn verify_strict(key: &VerifyingKey, message: &[u8], sig: &[u8; SIG_LEN]) -> bool {
+    let sig = ed25519_dalek::Signature::from_bytes(sig);
+    key.verify_strict(message, &sig).is_ok()
+}
+
+/// [`verifying_key`] then [`verify_strict`], for conformance tests with raw messages.
+pub fn ed25519_verify(public: &[u8], message: &[u8], sig: &[u8]) -> Result<bool> {
+    let key = verifying_key(public)?;
+    Ok(<&[u8; SIG_LEN]>::try_from(sig).is_ok_and(|s| verify_strict(&key, message, s)))
 }
 
 #[cfg(test)]
@@ -425,11 +544,11 @@ mod tests {
             make_stanza(&fk, &b, 0).unwrap(),
         ];
         assert_eq!(
-            *open_stanzas(&s, &Credential::key(&[2u8; 32]).unwrap()).unwrap(),
+            *open_stanzas(&s, &Credential::key(&[2u8; 32]).unwrap(), 18).unwrap(),
             *fk
         );
         let c = Credential::key(&[3u8; 32]).unwrap();
-        assert!(matches!(open_stanzas(&s, &c), Err(Error::WrongKey(_))));
+        assert!(matches!(open_stanzas(&s, &c, 18), Err(Error::WrongKey(_))));
         assert!(matches!(
             Credential::key(&[0u8; 31]),
             Err(Error::InvalidArgument(_))
@@ -443,9 +562,9 @@ mod tests {
         let p = Recipient::passphrase("correct horse").unwrap();
         let s = vec![make_stanza(&fk, &p, 10).unwrap()];
         let right = Credential::passphrase("correct horse").unwrap();
-        assert_eq!(*open_stanzas(&s, &right).unwrap(), *fk);
+        assert_eq!(*open_stanzas(&s, &right, 18).unwrap(), *fk);
         let q = Credential::passphrase("wrong horse").unwrap();
-        assert!(matches!(open_stanzas(&s, &q), Err(Error::WrongKey(_))));
+        assert!(matches!(open_stanzas(&s, &q, 18), Err(Error::WrongKey(_))));
         assert!(matches!(
             make_stanza(&fk, &p, 30),
             Err(Error::InvalidArgument(_))
@@ -465,15 +584,181 @@ mod tests {
         let alice_pub = alice.compute_public_key().unwrap();
         let s = vec![make_stanza(&fk, &Recipient::x25519(alice_pub.as_ref()).unwrap(), 0).unwrap()];
         let cred = Credential::x25519(alice_secret.as_ref()).unwrap();
-        assert_eq!(*open_stanzas(&s, &cred).unwrap(), *fk);
+        assert_eq!(*open_stanzas(&s, &cred, 18).unwrap(), *fk);
         let mallory = agreement::PrivateKey::generate(&X25519).unwrap();
         let wrong = Credential::x25519(&seed(&mallory)).unwrap();
-        assert!(matches!(open_stanzas(&s, &wrong), Err(Error::WrongKey(_))));
+        assert!(matches!(
+            open_stanzas(&s, &wrong, 18),
+            Err(Error::WrongKey(_))
+        ));
         // A low-order share never opens.
         let low = vec![Stanza::X25519 {
             share: [0u8; 32],
-            body: [0u8; 48],
+            body: [0u8; BODY_LEN],
         }];
-        assert!(matches!(open_stanzas(&low, &cred), Err(Error::WrongKey(_))));
+        assert!(matches!(
+            open_stanzas(&low, &cred, 18),
+            Err(Error::WrongKey(_))
+        ));
+    }
+
+    /// The 32 bytes of a wrap key, as `SecretKey`.
+    fn wk(b: u8) -> SecretKey {
+        Zeroizing::new([b; 32])
+    }
+
+    #[test]
+    fn bodies_commit_to_their_wrap_key() {
+        let fk = Zeroizing::new([9u8; 32]);
+        let (a, b) = (wk(1), wk(2));
+        let body_a = wrap_body(&a, &fk);
+        assert_eq!(body_a.len(), 80);
+        assert_eq!(*unwrap_body(&a, &body_a).unwrap(), *fk);
+        assert!(unwrap_body(&b, &body_a).is_none());
+        // A body built to open under B's seal key, but carrying A's commitment: AES-GCM alone
+        // would open it under B; the commitment check refuses it before AES-GCM runs.
+        let body_b = wrap_body(&b, &fk);
+        let mut crafted = body_b;
+        crafted[..32].copy_from_slice(&body_a[..32]);
+        assert!(
+            unwrap_body(&b, &crafted).is_none(),
+            "refused at the commitment"
+        );
+        assert!(
+            unwrap_body(&a, &crafted).is_none(),
+            "A's seal key does not open B's seal"
+        );
+        let mut sealed_ok = [0u8; 32];
+        assert!(
+            seal_key(&b).open_into(
+                ZERO_NONCE,
+                b"",
+                &crafted[32..64],
+                &crafted[64..],
+                &mut sealed_ok
+            ),
+            "the sealed part alone does open under B"
+        );
+        // A flipped commitment byte: no longer opens under its own key.
+        let mut flipped = body_a;
+        flipped[5] ^= 1;
+        assert!(unwrap_body(&a, &flipped).is_none());
+        // The commitment and the seal key are two different derivations of the wrap key.
+        assert_ne!(
+            commitment(&a)[..],
+            crypto::hkdf(&a[..], &[], &[LABEL_SEAL])[..]
+        );
+    }
+
+    #[test]
+    fn scrypt_policy_refuses_before_running_scrypt() {
+        let stanza = |log_n| {
+            vec![Stanza::Scrypt {
+                salt: [0u8; 16],
+                log_n,
+                body: [0u8; BODY_LEN],
+            }]
+        };
+        let p = Credential::passphrase("pw").unwrap();
+        // log_n 20 would take a GiB and seconds if scrypt ran: the refusal is immediate.
+        let t = std::time::Instant::now();
+        let err = open_stanzas(&stanza(20), &p, 18).unwrap_err();
+        assert!(t.elapsed() < std::time::Duration::from_millis(200));
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Format(_)), "{msg}");
+        assert!(
+            msg.contains("max_scrypt_log_n") && msg.contains("--max-scrypt-log-n"),
+            "{msg}"
+        );
+        assert!(!msg.contains("not a valid enctensor file"), "{msg}");
+        // Any credential: the policy is about the file.
+        let k = Credential::key(&[1u8; 32]).unwrap();
+        assert!(matches!(
+            open_stanzas(&stanza(19), &k, 18),
+            Err(Error::Format(_))
+        ));
+        // Allowed by the caller: scrypt runs (and the zero body does not open).
+        assert!(matches!(
+            open_stanzas(&stanza(11), &p, 11),
+            Err(Error::WrongKey(_))
+        ));
+        for bad in [0u8, 9, 21, 64] {
+            assert!(matches!(
+                open_stanzas(&stanza(10), &p, bad),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn signatures_sign_and_verify_strictly() {
+        let seed = [7u8; 32];
+        let public = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+        let m = signed_message(b"{}", &[1u8; 32], &[2u8; 32], &[3u8; 64]);
+        assert_eq!(m.len(), 27 + 1 + 8 + 8 + 32);
+        assert_eq!(&m[..28], b"enctensor.v1 ed25519-blake3\0");
+        assert_eq!(m[28..36], 2u64.to_le_bytes());
+        assert_eq!(m[36..44], 2u64.to_le_bytes());
+        let sig = sign(&seed, &m).unwrap();
+        assert!(ed25519_verify(&public, &m, &sig).unwrap());
+        // Every part of the transcript is bound.
+        for other in [
+            signed_message(b"{ }", &[1u8; 32], &[2u8; 32], &[3u8; 64]),
+            signed_message(b"{}", &[0u8; 32], &[2u8; 32], &[3u8; 64]),
+            signed_message(b"{}", &[1u8; 32], &[2u8; 48], &[3u8; 64]),
+            signed_message(b"{}", &[1u8; 32], &[2u8; 32], &[3u8; 96]),
+        ] {
+            assert!(!ed25519_verify(&public, &other, &sig).unwrap());
+        }
+        let other_key = SigningKey::from_bytes(&[8u8; 32])
+            .verifying_key()
+            .to_bytes();
+        assert!(!ed25519_verify(&other_key, &m, &sig).unwrap());
+        assert!(matches!(
+            ed25519_verify(&public[..31], &m, &sig),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    /// The eight small-order points (the identity first) are refused as verification keys;
+    /// under the identity, `(R = identity, S = 0)` satisfies the plain equation for any message.
+    #[test]
+    fn small_order_verification_keys_are_refused() {
+        let small_order = [
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000080",
+            "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+            "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        ];
+        let identity = hex::decode(small_order[0]).unwrap();
+        let mut forged = [0u8; 64];
+        forged[0] = 1; // R = identity, S = 0
+        let m = signed_message(b"{}", &[0u8; 32], &[], &[]);
+        for h in small_order {
+            let key = hex::decode(h).unwrap();
+            let err = ed25519_verify(&key, &m, &forged).unwrap_err();
+            assert!(matches!(err, Error::Signature(_)), "{h}: {err}");
+            assert!(err.to_string().contains("unusable"), "{err}");
+        }
+        let err = verifying_key(&identity).unwrap_err().to_string();
+        assert!(err.contains("small-order"), "{err}");
+        // The identity with the sign bit set (a non-canonical second encoding) too.
+        let mut neg = identity.clone();
+        neg[31] |= 0x80;
+        assert!(matches!(verifying_key(&neg), Err(Error::Signature(_))));
+        // A genuine key plus a point of order 8: outside the prime-order subgroup.
+        let genuine = SigningKey::from_bytes(&[7u8; 32])
+            .verifying_key()
+            .to_edwards();
+        let torsion =
+            VerifyingKey::from_bytes(&hex::decode(small_order[4]).unwrap().try_into().unwrap())
+                .unwrap()
+                .to_edwards();
+        let mixed = (genuine + torsion).compress().to_bytes();
+        assert!(matches!(verifying_key(&mixed), Err(Error::Signature(_))));
     }
 }

@@ -11,7 +11,7 @@ use pyo3::types::PyBytes;
 use crate::dtype::Dtype;
 use crate::error::Error;
 use crate::header::{self, Header};
-use crate::keys::{describe, Credential, Recipient};
+use crate::keys::{self, describe, Credential, Recipient};
 use crate::reader::{self, Reader};
 use crate::rekey::{rekey_file, Rekeyed};
 use crate::writer::{self, TensorSource, WriteOptions};
@@ -107,6 +107,19 @@ fn recipients(
         out.push(Recipient::passphrase(p)?);
     }
     Ok(out)
+}
+
+/// The scrypt cost cap a caller allows (10..=20), as a `ValueError` otherwise.
+fn scrypt_cap(max_scrypt_log_n: i64) -> PyResult<u8> {
+    match u8::try_from(max_scrypt_log_n) {
+        Ok(n) => {
+            keys::check_max_scrypt_log_n(n)?;
+            Ok(n)
+        }
+        Err(_) => Err(PyValueError::new_err(format!(
+            "max_scrypt_log_n must be between 10 and 20, got {max_scrypt_log_n}"
+        ))),
+    }
 }
 
 fn seed(sign_seed: Option<&[u8]>) -> PyResult<Option<Zeroizing<[u8; 32]>>> {
@@ -215,8 +228,11 @@ struct PyReader {
 
 #[pymethods]
 impl PyReader {
+    /// Opens and authenticates `path`. With `verify_key` (32-byte Ed25519 public key) the
+    /// signature must verify and every chunk read is checked against the signed digests.
+    /// `max_scrypt_log_n` (10..=20) caps the scrypt cost a file may ask for.
     #[new]
-    #[pyo3(signature = (path, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, verify_key=None))]
+    #[pyo3(signature = (path, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, verify_key=None, max_scrypt_log_n=18))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -227,14 +243,16 @@ impl PyReader {
         rsa_pkcs8: Option<&[u8]>,
         file_key: Option<&[u8]>,
         verify_key: Option<&[u8]>,
+        max_scrypt_log_n: i64,
     ) -> PyResult<Self> {
+        let cap = scrypt_cap(max_scrypt_log_n)?;
         let cred = credential(key, passphrase, x25519, rsa_pkcs8, file_key)?;
-        let inner = py.detach(|| Reader::open(&path, &cred, verify_key))?;
+        let inner = py.detach(|| Reader::open(&path, &cred, verify_key, cap))?;
         Ok(PyReader { inner })
     }
 
     #[staticmethod]
-    #[pyo3(signature = (data, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, verify_key=None))]
+    #[pyo3(signature = (data, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, verify_key=None, max_scrypt_log_n=18))]
     #[allow(clippy::too_many_arguments)]
     fn from_bytes(
         py: Python<'_>,
@@ -245,10 +263,12 @@ impl PyReader {
         rsa_pkcs8: Option<&[u8]>,
         file_key: Option<&[u8]>,
         verify_key: Option<&[u8]>,
+        max_scrypt_log_n: i64,
     ) -> PyResult<Self> {
+        let cap = scrypt_cap(max_scrypt_log_n)?;
         let cred = credential(key, passphrase, x25519, rsa_pkcs8, file_key)?;
         let data = data.to_vec();
-        let inner = py.detach(|| Reader::from_bytes(data, &cred, verify_key))?;
+        let inner = py.detach(|| Reader::from_bytes(data, &cred, verify_key, cap))?;
         Ok(PyReader { inner })
     }
 
@@ -330,7 +350,8 @@ impl PyReader {
         Ok(())
     }
 
-    /// Verifies every chunk tag without keeping any plaintext.
+    /// Verifies every chunk tag (and, with a verification key, every chunk digest) without
+    /// keeping any plaintext.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.inner.verify_all())?;
         Ok(())
@@ -487,7 +508,7 @@ fn write_bytes<'py>(
 /// Replaces the stanzas of a file (opened with one credential) by stanzas for new recipients,
 /// without touching tensor bytes. Returns "in-place" or "rewritten".
 #[pyfunction]
-#[pyo3(signature = (path, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, new_keys=None, new_passphrase=None, new_x25519=None, new_rsa_spki=None, log_n=18))]
+#[pyo3(signature = (path, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, new_keys=None, new_passphrase=None, new_x25519=None, new_rsa_spki=None, log_n=18, max_scrypt_log_n=18))]
 #[allow(clippy::too_many_arguments)]
 fn rekey(
     py: Python<'_>,
@@ -502,7 +523,9 @@ fn rekey(
     new_x25519: Option<Vec<Vec<u8>>>,
     new_rsa_spki: Option<Vec<Vec<u8>>>,
     log_n: u8,
+    max_scrypt_log_n: i64,
 ) -> PyResult<&'static str> {
+    let cap = scrypt_cap(max_scrypt_log_n)?;
     let cred = credential(key, passphrase, x25519, rsa_pkcs8, file_key)?;
     let to = recipients(
         new_keys.unwrap_or_default(),
@@ -510,7 +533,7 @@ fn rekey(
         new_x25519.unwrap_or_default(),
         new_rsa_spki.unwrap_or_default(),
     )?;
-    let how = py.detach(|| rekey_file(&path, &cred, &to, log_n))?;
+    let how = py.detach(|| rekey_file(&path, &cred, &to, log_n, cap))?;
     Ok(match how {
         Rekeyed::InPlace => "in-place",
         Rekeyed::Rewritten => "rewritten",

@@ -1,6 +1,7 @@
-//! Opening a file: map it, validate the header, unwrap the file key, verify the header MAC,
-//! then read chunks with `pread` straight into caller-provided buffers and decrypt and verify
-//! them there, on all cores.
+//! Opening a file: map it, validate the header, unwrap the file key, verify the header MAC
+//! (and, with a verification key, the publisher signature), then read chunks with `pread`
+//! straight into caller-provided buffers and check (BLAKE3 digest, with a verification key),
+//! decrypt and verify them there while they are in cache, on all cores.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -13,10 +14,11 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{self, GcmKey, SecretKey};
 use crate::error::{Error, Result};
-use crate::header::{self, Header, TensorInfo, MAC_LEN, TAG_LEN};
-use crate::keys::{open_stanzas, verify_signature, Credential};
+use crate::header::{self, Header, TensorInfo, DIGEST_LEN, MAC_LEN, PAGE, TAG_LEN};
+use crate::keys::{self, open_stanzas, signed_message, verify_strict, Credential};
 use crate::sigbus::{self, Guard};
-use crate::writer::PAGE;
+
+pub use crate::keys::DEFAULT_MAX_SCRYPT_LOG_N;
 
 /// A read-only map (header and tag table; tensor bytes are read with `pread`), registered
 /// with the SIGBUS guard. Field order matters: the guard is dropped (unregistered) before the
@@ -74,6 +76,11 @@ impl Source {
 fn map_file(path: &Path) -> Result<Source> {
     let shown = path.display().to_string();
     let file = File::open(path).map_err(|e| Error::io(e, format!("cannot open {shown}")))?;
+    map_open_file(file, &shown)
+}
+
+/// Maps the open `file` (named `shown` in messages) read-only.
+fn map_open_file(file: File, shown: &str) -> Result<Source> {
     let len = file
         .metadata()
         .map_err(|e| Error::io(e, format!("cannot stat {shown}")))?
@@ -138,6 +145,9 @@ pub struct Reader {
     header: Header,
     file_key: SecretKey,
     name: String,
+    /// A verification key was given and the signature verified: every chunk read is checked
+    /// against the digest table before it is decrypted.
+    check_digests: bool,
 }
 
 /// One unit of parallel work: chunk `j` of a tensor, and where its plaintext goes.
@@ -150,24 +160,77 @@ struct Work<'a> {
 
 impl Reader {
     /// Opens `path` with `cred`. With `verify_key` (an Ed25519 public key), the publisher
-    /// signature must be present and valid.
-    pub fn open(path: &Path, cred: &Credential, verify_key: Option<&[u8]>) -> Result<Reader> {
+    /// signature must be present and valid, and every chunk read later is checked against the
+    /// signed digest table. `max_scrypt_log_n` (10..=20, normally
+    /// [`DEFAULT_MAX_SCRYPT_LOG_N`]) caps the scrypt cost the file may ask for.
+    pub fn open(
+        path: &Path,
+        cred: &Credential,
+        verify_key: Option<&[u8]>,
+        max_scrypt_log_n: u8,
+    ) -> Result<Reader> {
+        Reader::check_arguments(verify_key, max_scrypt_log_n)?;
         let name = path.display().to_string();
-        Reader::from_source(map_file(path)?, cred, verify_key, name)
+        Reader::from_source(map_file(path)?, cred, verify_key, max_scrypt_log_n, name)
     }
 
+    /// Opens the already open `file` (`name` in messages), mapping and reading it through this
+    /// descriptor only: re-keying then writes the very file it authenticated, whatever its
+    /// path names meanwhile.
+    pub fn from_file(
+        file: File,
+        name: String,
+        cred: &Credential,
+        verify_key: Option<&[u8]>,
+        max_scrypt_log_n: u8,
+    ) -> Result<Reader> {
+        Reader::check_arguments(verify_key, max_scrypt_log_n)?;
+        Reader::from_source(
+            map_open_file(file, &name)?,
+            cred,
+            verify_key,
+            max_scrypt_log_n,
+            name,
+        )
+    }
+
+    /// Opens a file held in memory; as [`Reader::open`].
     pub fn from_bytes(
         bytes: Vec<u8>,
         cred: &Credential,
         verify_key: Option<&[u8]>,
+        max_scrypt_log_n: u8,
     ) -> Result<Reader> {
-        Reader::from_source(Source::Owned(bytes), cred, verify_key, "<bytes>".into())
+        Reader::check_arguments(verify_key, max_scrypt_log_n)?;
+        Reader::from_source(
+            Source::Owned(bytes),
+            cred,
+            verify_key,
+            max_scrypt_log_n,
+            "<bytes>".into(),
+        )
+    }
+
+    /// Caller errors that need no file: a verification key of the wrong length, a scrypt cap
+    /// outside 10..=20. (Whether the key is a usable point is a header failure, reported
+    /// after the MAC, in the spec's order.)
+    fn check_arguments(verify_key: Option<&[u8]>, max_scrypt_log_n: u8) -> Result<()> {
+        keys::check_max_scrypt_log_n(max_scrypt_log_n)?;
+        match verify_key {
+            Some(k) if k.len() != keys::ED25519_PUBLIC_LEN => Err(Error::InvalidArgument(format!(
+                "an Ed25519 verification key is {} bytes, got {}",
+                keys::ED25519_PUBLIC_LEN,
+                k.len()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn from_source(
         src: Source,
         cred: &Credential,
         verify_key: Option<&[u8]>,
+        max_scrypt_log_n: u8,
         name: String,
     ) -> Result<Reader> {
         // An in-place re-key rewrites the first page while others may be reading it, and a
@@ -177,13 +240,14 @@ impl Reader {
         loop {
             let first_page = |s: &Source| s.bytes()[..s.bytes().len().min(PAGE as usize)].to_vec();
             let before = first_page(&src);
-            match Reader::authenticate(&src, cred, verify_key, &name) {
+            match Reader::authenticate(&src, cred, verify_key, max_scrypt_log_n, &name) {
                 Ok((header, file_key)) => {
                     return Ok(Reader {
                         src,
                         header,
                         file_key,
                         name,
+                        check_digests: verify_key.is_some(),
                     })
                 }
                 Err(_) if attempts < REOPEN_ATTEMPTS && first_page(&src) != before => attempts += 1,
@@ -193,29 +257,36 @@ impl Reader {
     }
 
     /// Parses the header, opens a stanza, and checks the header MAC and, with `verify_key`,
-    /// the publisher signature.
+    /// the publisher signature (in this order: format failure, no match, header failure).
     fn authenticate(
         src: &Source,
         cred: &Credential,
         verify_key: Option<&[u8]>,
+        max_scrypt_log_n: u8,
         name: &str,
     ) -> Result<(Header, SecretKey)> {
         let bytes = src.bytes();
         let parsed = header::parse_file(bytes).map_err(|e| e.context(name));
         src.check_intact(name)?;
         let header = parsed?;
-        let file_key = open_stanzas(&header.stanzas, cred).map_err(|e| e.context(name))?;
+        let file_key =
+            open_stanzas(&header.stanzas, cred, max_scrypt_log_n).map_err(|e| e.context(name))?;
         let mac_at = header.mac_offset() as usize;
         let json = &bytes[header.header_offset() as usize..mac_at];
+        let mac = &bytes[mac_at..mac_at + MAC_LEN as usize];
         let tags = &bytes[header.tags_offset() as usize..header.tags_end() as usize];
-        let expected = crypto::header_mac(&file_key, &[json, tags]);
-        let mac_ok = crypto::ct_eq(&expected, &bytes[mac_at..mac_at + MAC_LEN as usize]);
-        let sig_ok = verify_key.map(|public| {
-            header
-                .signature
-                .as_ref()
-                .is_some_and(|sig| verify_signature(public, sig, json, tags))
-        });
+        let digests = &bytes[header.digests_offset() as usize..header.tables_end() as usize];
+        let expected = crypto::header_mac(&file_key, &[json, tags, digests]);
+        let mac_ok = crypto::ct_eq(&expected, mac);
+        // Checked only once the MAC verifies (below), but computed on these same bytes.
+        let sig_ok = match (verify_key, mac_ok) {
+            (Some(public), true) => Some(keys::verifying_key(public).map(|key| {
+                header.signature.as_ref().is_some_and(|sig| {
+                    verify_strict(&key, &signed_message(json, mac, tags, digests), sig)
+                })
+            })),
+            _ => None,
+        };
         src.check_intact(name)?;
         if !mac_ok && matches!(cred, Credential::FileKey(_)) {
             return Err(Error::WrongKey(format!(
@@ -225,10 +296,12 @@ impl Reader {
         }
         if !mac_ok {
             return Err(Error::Integrity(format!(
-                "{name}: header authentication failed: the header or tag table was modified or \
-                 corrupted (the key opened a stanza, so it is the right key)"
+                "{name}: header authentication failed: the header, tag table or digest table was \
+                 modified or corrupted (the key opened a stanza, which commits to one key, so it \
+                 is the right key)"
             )));
         }
+        let sig_ok = sig_ok.transpose().map_err(|e| e.context(name))?;
         if sig_ok == Some(false) {
             let why = if header.signature.is_some() {
                 "the publisher signature is invalid"
@@ -306,10 +379,23 @@ impl Reader {
     }
 
     /// Verifies chunk `j` of tensor `t` and writes its plaintext to `out` (the chunk's length):
-    /// the ciphertext is copied into `out` and decrypted there while it is still in cache.
+    /// the stored bytes are copied into `out`, checked against the signed digest table (with
+    /// a verification key) and decrypted there while they are still in cache.
     fn open_chunk(&self, t: &TensorInfo, key: &GcmKey, j: u64, out: &mut [u8]) -> Result<()> {
         self.fetch(self.chunk_offset(t, j), out)?;
         let bytes = self.bytes();
+        if self.check_digests {
+            let at = (self.header.digests_offset() + (t.first_tag + j) * DIGEST_LEN) as usize;
+            let want = &bytes[at..at + DIGEST_LEN as usize];
+            // One call over the whole chunk: BLAKE3 hashes its 1 KiB blocks in SIMD lanes.
+            if !crypto::ct_eq(crypto::chunk_digest(out).as_bytes(), want) {
+                return Err(Error::Integrity(format!(
+                    "{}: tensor {:?}: chunk {j} of {}: its BLAKE3 digest does not match the \
+                     signed digest table: the stored bytes were modified after signing",
+                    self.name, t.name, t.n_chunks
+                )));
+            }
+        }
         let tag_at = (self.header.tags_offset() + (t.first_tag + j) * TAG_LEN) as usize;
         let tag = &bytes[tag_at..tag_at + TAG_LEN as usize];
         let nonce = crypto::chunk_nonce(j, t.n_chunks);
@@ -466,13 +552,17 @@ impl Reader {
             .par_iter()
             .map(|t| crypto::tensor_key(&self.file_key, &t.name))
             .collect();
-        let result = work
-            .into_par_iter()
-            .try_for_each_init(Vec::new, |scratch, (i, j)| {
+        let cs = self.header.chunk_size as usize;
+        // The scratch holds plaintext: wiped when dropped. Its capacity is a whole chunk from
+        // the start, so `resize` never reallocates (which would leave an unwiped copy).
+        let result = work.into_par_iter().try_for_each_init(
+            || Zeroizing::new(Vec::with_capacity(cs)),
+            |scratch, (i, j)| {
                 let t = &self.header.tensors[i];
                 scratch.resize(self.chunk_len(t, j), 0);
                 self.open_chunk(t, &keys[i], j, scratch)
-            });
+            },
+        );
         self.src.check_intact(&self.name).and(result)
     }
 

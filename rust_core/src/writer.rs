@@ -1,7 +1,8 @@
 //! Writing a file: lay out the header, encrypt tensor by tensor in bounded batches (never the
-//! whole file in memory), then fill in the tag table, the header MAC and the stanza area (last,
-//! because a signature covers the tags). File writes are atomic: a temporary file in the target
-//! directory, fsync, rename.
+//! whole file in memory; a signed file's chunks are hashed with BLAKE3 right after sealing,
+//! while in cache), then fill in the tag table, the digest table, the header MAC and the
+//! stanza area (last, because a signature covers the tables and the MAC). File writes are
+//! atomic: a temporary file in the target directory, fsync, rename.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -15,18 +16,18 @@ use crate::crypto::{self, GcmKey, SecretKey, KEY_LEN, TAG_LEN};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::header::{
-    self, Preamble, Stanza, CIPHER, DATA_ALIGN, MAX_CHUNK, MAX_NAME_LEN, MIN_CHUNK, PREAMBLE_LEN,
-    SIG_LEN,
+    self, Preamble, Stanza, CHUNK_DIGEST, CIPHER, DATA_ALIGN, MAX_CHUNK, MAX_NAME_LEN,
+    MAX_STANZA_AREA, MIN_CHUNK, PREAMBLE_LEN, SIGNATURE_TYPE, SIG_LEN,
 };
-use crate::keys::{make_stanza, sign, Recipient};
+use crate::keys::{make_stanza, sign, signed_message, Recipient};
 
-/// Writers page-align the data section so that tensor data can be mapped page by page.
-pub const WRITER_DATA_ALIGN: u64 = 4096;
+/// The data section starts on a page (`data_offset = align(tables_end, 4096)`).
+pub const WRITER_DATA_ALIGN: u64 = header::PAGE;
 pub const DEFAULT_CHUNK: u64 = 256 << 10;
 pub const DEFAULT_LOG_N: u8 = 18;
 /// The preamble and a stanza area of this size fill exactly the first page, so re-keying is
 /// one single-page write.
-pub const PAGE: u64 = 4096;
+pub const PAGE: u64 = header::PAGE;
 /// Plaintext encrypted per batch; the writer holds at most two batches (one being encrypted,
 /// one being written), which bounds its memory.
 const BATCH_BYTES: usize = 16 << 20;
@@ -46,7 +47,8 @@ pub struct WriteOptions {
     pub recipients: Vec<Recipient>,
     /// scrypt work factor for a passphrase recipient.
     pub log_n: u8,
-    /// Ed25519 private key (32-byte seed) to sign the file with.
+    /// Ed25519 private key (32-byte seed) to sign the file with (`ed25519-blake3`: the file
+    /// then has `"chunk_digest": "BLAKE3"` and a digest table).
     pub sign_seed: Option<Zeroizing<[u8; 32]>>,
 }
 
@@ -66,10 +68,19 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(Error::InvalidArgument(msg.into()))
 }
 
-/// Checks the set of recipients: at least one, and a passphrase only alone.
+/// Checks the set of recipients before anything is made or written (`save`, `save_bytes` and
+/// `rekey` all start here): at least one, at most `MAX_STANZAS` (readers refuse more, so such
+/// a file would open for nobody), and a passphrase only alone.
 pub fn check_recipients(recipients: &[Recipient]) -> Result<()> {
     if recipients.is_empty() {
         return invalid("nothing to encrypt to: give a key, a recipient or a passphrase");
+    }
+    if recipients.len() > header::MAX_STANZAS {
+        return invalid(format!(
+            "too many keys and recipients: {} given, a file holds at most {} stanzas",
+            recipients.len(),
+            header::MAX_STANZAS
+        ));
     }
     if recipients.iter().any(Recipient::is_passphrase) && recipients.len() > 1 {
         return invalid("a passphrase cannot be combined with other keys, recipients or passphrases in one file");
@@ -157,17 +168,17 @@ pub fn stanza_area_json(stanzas: &[Stanza], signature: Option<&[u8; SIG_LEN]>) -
     match signature {
         None => format!(r#"{{"stanzas":[{list}]}}"#),
         Some(sig) => format!(
-            r#"{{"stanzas":[{list}],"signature":{{"type":"ed25519","sig":"{}"}}}}"#,
+            r#"{{"stanzas":[{list}],"signature":{{"type":"{SIGNATURE_TYPE}","sig":"{}"}}}}"#,
             hex(sig)
         ),
     }
     .into_bytes()
 }
 
-/// The stanza area length a writer picks for `json_len` bytes of stanzas: the rest of the
-/// first page if they fit, else whole pages.
+/// The stanza area length for `json_len` bytes of stanzas: the rest of the first page if they
+/// fit, else whole pages ([`header::canonical_area_len`], the only length readers accept).
 pub fn area_len_for(json_len: u64) -> u64 {
-    (PREAMBLE_LEN + json_len).div_ceil(PAGE) * PAGE - PREAMBLE_LEN
+    header::canonical_area_len(json_len)
 }
 
 /// The stanza area padded with spaces to `area_len`.
@@ -181,7 +192,8 @@ fn align_up(n: u64, a: u64) -> u64 {
     n.div_ceil(a) * a
 }
 
-/// Serializes the header for `tensors`; returns `(json, per-tensor begin offsets, chunk counts)`.
+/// Serializes the header for `tensors` (with `chunk_digest` when signing); returns
+/// `(json, per-tensor begin offsets, chunk counts)`.
 fn build_header(tensors: &[TensorSource], opts: &WriteOptions) -> (Vec<u8>, Vec<u64>, Vec<u64>) {
     let mut begins = Vec::with_capacity(tensors.len());
     let mut chunks = Vec::with_capacity(tensors.len());
@@ -211,8 +223,13 @@ fn build_header(tensors: &[TensorSource], opts: &WriteOptions) -> (Vec<u8>, Vec<
         .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
         .collect::<Vec<_>>()
         .join(",");
+    let digest = if opts.sign_seed.is_some() {
+        format!(r#""chunk_digest":"{CHUNK_DIGEST}","#)
+    } else {
+        String::new()
+    };
     let json = format!(
-        r#"{{"cipher":"{CIPHER}","chunk_size":{},"metadata":{{{metadata}}},"tensors":[{}]}}"#,
+        r#"{{"cipher":"{CIPHER}","chunk_size":{},{digest}"metadata":{{{metadata}}},"tensors":[{}]}}"#,
         opts.chunk_size,
         entries.join(",")
     );
@@ -237,9 +254,17 @@ pub fn write_to<W: Write + Seek + Send>(
         .iter()
         .map(|r| make_stanza(&file_key, r, opts.log_n))
         .collect::<Result<Vec<_>>>()?;
-    // The signature is only known at the end; size the area for it now.
+    // The signature is only known at the end; size the area for it now (its hex has a fixed
+    // length, so the area is exactly canonical).
     let placeholder = opts.sign_seed.as_ref().map(|_| [0u8; SIG_LEN]);
     let area_len = area_len_for(stanza_area_json(&stanzas, placeholder.as_ref()).len() as u64);
+    if area_len > MAX_STANZA_AREA {
+        return invalid(format!(
+            "the stanzas need a {area_len}-byte stanza area, more than the format's \
+             {MAX_STANZA_AREA}: give fewer or smaller keys and recipients"
+        ));
+    }
+    let signing = opts.sign_seed.is_some();
     let (json, begins, chunks) = build_header(tensors, opts);
     let header_len = json.len() as u64;
     if header_len > header::MAX_HEADER_LEN {
@@ -250,8 +275,9 @@ pub fn write_to<W: Write + Seek + Send>(
     let n_tags: u64 = chunks.iter().sum();
     let header_offset = PREAMBLE_LEN + area_len;
     let mac_offset = header_offset + header_len;
-    let tags_end = mac_offset + header::MAC_LEN + n_tags * header::TAG_LEN;
-    let data_offset = align_up(tags_end, WRITER_DATA_ALIGN);
+    let per_chunk = header::TAG_LEN + if signing { header::DIGEST_LEN } else { 0 };
+    let tables_end = mac_offset + header::MAC_LEN + n_tags * per_chunk;
+    let data_offset = align_up(tables_end, WRITER_DATA_ALIGN);
     let pre = Preamble {
         stanza_area_len: area_len,
         header_len,
@@ -275,15 +301,19 @@ pub fn write_to<W: Write + Seek + Send>(
         .map(|t| crypto::tensor_key(&file_key, &t.name))
         .collect();
     let segments = segments(tensors, &begins, &chunks, opts.chunk_size as usize);
-    let tags = encrypt_and_write(w, segments, &keys)?;
+    let (tags, digests) = encrypt_and_write(w, segments, &keys, signing)?;
     let pos = tensors
         .last()
         .map_or(0, |t| begins[begins.len() - 1] + t.data.len() as u64);
     debug_assert_eq!(tags.len() as u64, n_tags);
     let tag_bytes: Vec<u8> = tags.concat();
-    let mac = crypto::header_mac(&file_key, &[&json, &tag_bytes]);
+    let digest_bytes: Vec<u8> = digests.concat();
+    let mac = crypto::header_mac(&file_key, &[&json, &tag_bytes, &digest_bytes]);
     let signature = match &opts.sign_seed {
-        Some(seed) => Some(sign(&seed[..], &json, &tag_bytes)?),
+        Some(seed) => Some(sign(
+            &seed[..],
+            &signed_message(&json, &mac, &tag_bytes, &digest_bytes),
+        )?),
         None => None,
     };
     let area = padded_area(&stanza_area_json(&stanzas, signature.as_ref()), area_len);
@@ -292,6 +322,7 @@ pub fn write_to<W: Write + Seek + Send>(
     w.seek(SeekFrom::Start(mac_offset)).map_err(io_err)?;
     w.write_all(&mac).map_err(io_err)?;
     w.write_all(&tag_bytes).map_err(io_err)?;
+    w.write_all(&digest_bytes).map_err(io_err)?;
     w.seek(SeekFrom::Start(data_offset + pos)).map_err(io_err)?;
     w.flush().map_err(io_err)?;
     Ok(data_offset + pos)
@@ -348,13 +379,22 @@ fn segments<'a>(
     })
 }
 
+/// Per-chunk results in file order: the tags, and the BLAKE3 digests of the stored bytes
+/// (empty unless asked for).
+type Tables = (Vec<[u8; TAG_LEN]>, Vec<[u8; 32]>);
+
+/// One sealed chunk: its tag, and the BLAKE3 digest of its stored bytes if asked for.
+type Sealed = ([u8; TAG_LEN], Option<[u8; 32]>);
+
 /// Encrypts the segments in batches of about `BATCH_BYTES` on all cores while a second thread
-/// writes the previous batch, so that encryption and I/O overlap. Returns the tags in order.
+/// writes the previous batch, so that encryption and I/O overlap. With `digests`, each chunk's
+/// stored bytes are hashed right after sealing, in the same parallel step, while in cache.
 fn encrypt_and_write<'a, W: Write + Send>(
     w: &mut W,
     segments: impl Iterator<Item = Segment<'a>>,
     keys: &[GcmKey],
-) -> Result<Vec<[u8; TAG_LEN]>> {
+    digests: bool,
+) -> Result<Tables> {
     // A rendezvous channel: at most two batches exist, one being written and one being filled.
     let (to_writer, from_producer) = std::sync::mpsc::sync_channel::<Vec<u8>>(0);
     let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -367,6 +407,7 @@ fn encrypt_and_write<'a, W: Write + Send>(
             Ok(())
         });
         let mut tags = Vec::new();
+        let mut sums = Vec::new();
         let mut segments = segments.peekable();
         while segments.peek().is_some() {
             let mut batch = Vec::new();
@@ -388,7 +429,7 @@ fn encrypt_and_write<'a, W: Write + Send>(
                 slots.push(slot);
                 rest = tail;
             }
-            let new_tags: Vec<Option<[u8; TAG_LEN]>> = batch
+            let sealed: Vec<Option<Sealed>> = batch
                 .par_iter()
                 .zip(slots.into_par_iter())
                 .map(|(seg, slot)| match seg {
@@ -404,22 +445,27 @@ fn encrypt_and_write<'a, W: Write + Send>(
                     } => {
                         slot.copy_from_slice(src);
                         let key = &keys[*tensor];
-                        Some(if *encrypted {
+                        let tag = if *encrypted {
                             key.seal(*nonce, b"", slot)
                         } else {
                             key.gmac(*nonce, slot)
-                        })
+                        };
+                        let digest = digests.then(|| *crypto::chunk_digest(slot).as_bytes());
+                        Some((tag, digest))
                     }
                 })
                 .collect();
-            tags.extend(new_tags.into_iter().flatten());
+            for (tag, digest) in sealed.into_iter().flatten() {
+                tags.push(tag);
+                sums.extend(digest);
+            }
             if to_writer.send(buf).is_err() {
                 break; // the writer stopped on an error, reported below
             }
         }
         drop(to_writer);
         writer.join().expect("the writer thread does not panic")?;
-        Ok(tags)
+        Ok((tags, sums))
     })
 }
 
@@ -446,7 +492,8 @@ impl Drop for TempFile {
 
 /// Replaces `path` atomically with what `fill` writes: a temporary file in the same
 /// directory, fsync, rename, fsync of the directory. On any error the temporary file is
-/// removed and a previous file at `path` is left as it was.
+/// removed and a previous file at `path` is left as it was. A replaced file keeps its mode
+/// (and its owner and group where permitted); a new file gets the default `0666 & ~umask`.
 pub fn atomic_replace<T>(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> Result<T>,
@@ -470,6 +517,14 @@ pub fn atomic_replace<T>(
         .open(&tmp_path)
         .map_err(|e| Error::io(e, format!("cannot create a temporary file next to {shown}")))?;
     let guard = TempFile(Some(tmp_path.clone()));
+    // Before any byte is written, so that the data is never readable more widely than before.
+    if let Ok(old) = fs::metadata(path) {
+        if old.is_file() {
+            crate::rekey::keep_mode_and_owner(&file, &old).map_err(|e| {
+                Error::io(e, format!("cannot set the mode of a file next to {shown}"))
+            })?;
+        }
+    }
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let out = fill(&mut w).map_err(|e| match e {
         Error::Io(err, _) => Error::io(err, format!("cannot write {shown}")),

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use enctensor_core::reader::DEFAULT_MAX_SCRYPT_LOG_N;
 use enctensor_core::{Credential, Error, Reader};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -36,19 +37,40 @@ fn credential(meta: &Value) -> Result<Credential, Error> {
     Credential::key(&[0u8; 32])
 }
 
+/// Reads every tensor whole, then checks that `verify_all` and chunk-by-chunk slices agree
+/// with the whole reads (same bytes, or the same failure class).
 fn run(meta: &Value, file: Vec<u8>) -> Result<Vec<(String, String)>, Error> {
     let cred = credential(meta)?;
     let verify = meta
         .get("verify_key")
         .map(|v| hex::decode(v.as_str().unwrap()).unwrap());
-    let r = Reader::from_bytes(file, &cred, verify.as_deref())?;
+    let cap = meta
+        .get("max_scrypt_log_n")
+        .map_or(DEFAULT_MAX_SCRYPT_LOG_N, |v| v.as_u64().unwrap() as u8);
+    let r = Reader::from_bytes(file, &cred, verify.as_deref(), cap)?;
     let mut out = Vec::new();
+    let mut whole = Ok(());
     for (i, t) in r.header().tensors.iter().enumerate() {
         let mut buf = vec![0u8; t.nbytes() as usize];
-        r.read_into(i, &mut buf)?;
+        if let Err(e) = r.read_into(i, &mut buf) {
+            whole = Err(e);
+            break;
+        }
+        // The same bytes through slices of at most one chunk.
+        let cs = r.header().chunk_size as usize;
+        let mut sliced = vec![0u8; buf.len()];
+        for (j, piece) in sliced.chunks_mut(cs).enumerate() {
+            r.read_range_into(i, (j * cs) as u64, piece)?;
+        }
+        assert_eq!(sliced, buf, "slices of {:?}", t.name);
         out.push((t.name.clone(), hex::encode(Sha256::digest(&buf))));
     }
-    Ok(out)
+    match (r.verify_all(), &whole) {
+        (Ok(()), Ok(())) => {}
+        (Err(Error::Integrity(_)), Err(Error::Integrity(_))) => {}
+        (v, w) => panic!("verify_all gave {v:?}, reading gave {w:?}"),
+    }
+    whole.map(|()| out)
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! outcome but a panic (or a hang, or unbounded memory) is fine.
 #![no_main]
 
+use enctensor_core::reader::DEFAULT_MAX_SCRYPT_LOG_N;
 use enctensor_core::{Credential, Reader};
 use libfuzzer_sys::fuzz_target;
 
@@ -23,7 +24,8 @@ const MAX_TOTAL: u64 = 64 << 20;
 
 fuzz_target!(|data: &[u8]| {
     let cred = Credential::key(&FIXED_KEY).expect("32-byte key");
-    let Ok(reader) = Reader::from_bytes(data.to_vec(), &cred, None) else {
+    let Ok(reader) = Reader::from_bytes(data.to_vec(), &cred, None, DEFAULT_MAX_SCRYPT_LOG_N)
+    else {
         return;
     };
     let tensors = reader.header().tensors.clone();

@@ -9,7 +9,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(h) = enctensor_core::header::parse_file(data) {
         // A header that parses describes exactly this file.
         assert_eq!(h.file_len(), data.len() as u64);
-        assert!(h.tags_end() <= h.data_offset);
+        assert!(h.tags_end() <= h.tables_end() && h.tables_end() <= h.data_offset);
+        assert_eq!(h.data_offset, h.tables_end().div_ceil(4096) * 4096);
+        assert!(h.signature.is_none() || h.chunk_digest);
         for t in &h.tensors {
             assert!(t.begin <= t.end && t.end <= h.file_len() - h.data_offset);
         }
