@@ -1,9 +1,6 @@
-"""The ``enctensor`` command: keygen, pubkey, encrypt, decrypt, inspect, verify, rekey.
-
-Failures print one line, ``enctensor: error: <file>: <what went wrong> — <what to do>``, and
-exit with a code that says what kind of failure it was (see ``EXIT_*``). No traceback is
-shown unless ``ENCTENSOR_DEBUG=1`` is set, and no partial output is ever left behind.
-"""
+"""What the commands share: exit codes, the one-line error report, reading keys and
+passphrases (credential plumbing), the progress display, the argument parser and the option
+groups several commands take, and the classification of exceptions into exit codes."""
 
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ import argparse
 import contextlib
 import errno
 import getpass
-import json
 import os
 import re
 import sys
@@ -19,26 +15,18 @@ import textwrap
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn, TextIO
+from collections.abc import Iterator
+from typing import Any, NoReturn, TextIO, TypeAlias
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa, x25519
 
-from . import FORMAT_VERSION, __version__, generate_key
-from . import _api as api
-from ._api import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_SCRYPT_LOG_N
-from ._keys import (
-    ED25519_TEXT_PREFIX,
-    KEY_SIZE,
-    MAX_KEY_FILE,
-    X25519_TEXT_PREFIX,
-    ed25519_public_text,
-    x25519_public_text,
-)
-from .convert import FORMATS, decrypt_file, detect_format, encrypt_file, rekey_file, verify_file
-from .errors import FormatError, IntegrityError, WrongKeyError
+from .. import _api as api
+from .._api import DEFAULT_MAX_SCRYPT_LOG_N
+from .._keys import ED25519_TEXT_PREFIX, KEY_SIZE, MAX_KEY_FILE, X25519_TEXT_PREFIX
+from ..convert import FORMATS, detect_format
+from ..errors import FormatError, IntegrityError, WrongKeyError
 
 EXIT_OK = 0
 EXIT_IO = 1  # and anything else that is not one of the classes below
@@ -392,21 +380,6 @@ def read_verify_key(text: str) -> ed25519.Ed25519PublicKey:
     raise CliError(EXIT_USAGE, where, f"is {_kind(key)}; --verify-with takes an Ed25519 public key")
 
 
-def public_text(key: object) -> str:
-    """What to hand out for a private key: its one-line form, or a PEM public key for RSA."""
-    if isinstance(key, x25519.X25519PrivateKey):
-        return x25519_public_text(key.public_key()) + "\n"
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return ed25519_public_text(key.public_key()) + "\n"
-    if isinstance(key, rsa.RSAPrivateKey):
-        return (
-            key.public_key()
-            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-            .decode("ascii")
-        )
-    raise TypeError(f"no public form for {type(key).__name__}")
-
-
 def _env_or_prompt(env_name: str, prompt: str, confirm: bool) -> str:
     env = os.environ.get(env_name)
     if env is not None:
@@ -610,139 +583,12 @@ def _size(n: float) -> str:
     raise AssertionError
 
 
-# --- Commands -----------------------------------------------------------------------------
-
-
-def _refuse_existing_key(path: str) -> None:
-    if os.path.lexists(path):
-        raise CliError(
-            EXIT_IO, path, "already exists", "keygen never overwrites a key file; choose another name"
-        )
-
-
-def _create_new(path: str, data: bytes, mode: int) -> None:
-    """Writes a new file: O_EXCL (never overwrites: a lost key is lost data), created with
-    ``mode`` from the start (not chmod-ed later), fsync-ed; removed again if writing fails."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
-    except FileExistsError:
-        _refuse_existing_key(path)
-        raise
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-
-
-def cmd_keygen(args: argparse.Namespace) -> int:
-    kind: str | None = args.kind
-    if args.bits is not None and kind != "rsa":
-        raise CliError(EXIT_USAGE, None, "--bits is for RSA keys", "use it with --rsa")
-    if args.public_out is not None:
-        if kind is None:
-            raise CliError(
-                EXIT_USAGE,
-                None,
-                "a key file has no public part, so --public-out is for --x25519, --rsa and --ed25519",
-            )
-        if os.path.abspath(args.public_out) == os.path.abspath(args.out):
-            raise CliError(EXIT_USAGE, args.out, "is given both as OUT and as --public-out", "give two names")
-    _refuse_existing_key(args.out)
-    if args.public_out is not None:
-        _refuse_existing_key(args.public_out)
-
-    if kind is None:
-        _create_new(args.out, (generate_key().hex() + "\n").encode("ascii"), 0o600)
-        return EXIT_OK
-    key: Any
-    if kind == "x25519":
-        key = x25519.X25519PrivateKey.generate()
-    elif kind == "ed25519":
-        key = ed25519.Ed25519PrivateKey.generate()
-    else:
-        progress = _progress(args, f"generating an RSA-{args.bits or DEFAULT_RSA_BITS} key")
-        with progress.ticking():
-            key = rsa.generate_private_key(public_exponent=65537, key_size=args.bits or DEFAULT_RSA_BITS)
-        progress.close()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = public_text(key)
-    _create_new(args.out, pem, 0o600)
-    if args.public_out is None:
-        sys.stdout.write(public)
-        sys.stdout.flush()
-        return EXIT_OK
-    try:
-        _create_new(args.public_out, public.encode("ascii"), 0o644)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(args.out)  # ours, just made: no key pair is left half written
-        raise
-    return EXIT_OK
-
-
-def cmd_pubkey(args: argparse.Namespace) -> int:
-    key = read_private_key(args.key, "KEY")
-    if not isinstance(key, x25519.X25519PrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
-        raise CliError(EXIT_USAGE, args.key, f"is {_kind(key)}; enctensor uses X25519, RSA and Ed25519 keys")
-    sys.stdout.write(public_text(key))
-    return EXIT_OK
+# --- Checks and descriptions shared by the commands ---------------------------------------
 
 
 def _refuse_existing(out: str, force: bool) -> None:
     if not force and (os.path.exists(out) or os.path.islink(out)):
         raise CliError(EXIT_IO, out, "already exists", "use --force to overwrite it")
-
-
-def _warn(msg: str) -> None:
-    print(f"enctensor: warning: {msg}", file=sys.stderr)
-
-
-def cmd_encrypt(args: argparse.Namespace) -> int:
-    fmt = detect_format(args.input)
-    if fmt not in FORMATS:
-        if fmt in ("enctensor", "enctensor-index"):
-            raise CliError(
-                EXIT_FORMAT,
-                args.input,
-                "is already encrypted",
-                "use `enctensor decrypt` to decrypt it, or `enctensor rekey` to change who can open it",
-            )
-        raise CliError(
-            EXIT_FORMAT,
-            args.input,
-            "not a safetensors file, TVM .params file or sharded checkpoint index",
-            "encrypt takes one of those (for a sharded checkpoint, its *.index.json)",
-        )
-    if fmt == "index" and not args.output.endswith(".json"):
-        raise CliError(
-            EXIT_USAGE,
-            args.output,
-            "a sharded checkpoint's encrypted index must be a .json file",
-            "name it like model.enct.index.json; the shards are written next to it",
-        )
-    _refuse_existing(args.output, args.force)
-    creds = write_credentials(args)
-    progress = _progress(args, f"encrypting {os.path.basename(args.input)}")
-    try:
-        encrypt_file(
-            args.input,
-            args.output,
-            chunk_size=args.chunk_size,
-            scrypt_log_n=args.scrypt_log_n,
-            overwrite=args.force,
-            progress=progress,
-            **creds,
-        )
-    finally:
-        progress.close()
-    return EXIT_OK
 
 
 def _check_encrypted(path: str, command: str) -> str:
@@ -759,31 +605,6 @@ def _check_encrypted(path: str, command: str) -> str:
             EXIT_FORMAT, path, "not an enctensor file", f"{command} takes files made by `enctensor encrypt`"
         )
     return fmt
-
-
-def cmd_decrypt(args: argparse.Namespace) -> int:
-    _check_encrypted(args.input, "decrypt")
-    _refuse_existing(args.output, args.force)
-    creds = credentials(args)
-    progress = _progress(args, f"decrypting {os.path.basename(args.input)}")
-    try:
-        result = decrypt_file(
-            args.input,
-            args.output,
-            format=args.format,
-            overwrite=args.force,
-            mode=args.mode,
-            progress=progress,
-            **creds,
-        )
-    finally:
-        progress.close()
-    if result.dropped_metadata:
-        _warn(
-            f"{args.output}: a {result.output_format} file cannot hold metadata; dropped"
-            f" {', '.join(repr(k) for k in result.dropped_metadata)}"
-        )
-    return EXIT_OK
 
 
 def _describe(fmt: str | None) -> str:
@@ -821,145 +642,7 @@ def _opens_with(details: list[dict[str, Any]]) -> str:
     return " or ".join(options)
 
 
-def _human_inspect(path: str, info: dict[str, Any], out: TextIO) -> None:
-    tensors = info["tensors"]
-    total = sum(t["nbytes"] for t in tensors)
-    enc = sum(1 for t in tensors if t["encrypted"])
-    details = info.get("stanza_details") or [{"type": t} for t in info["stanzas"]]
-    out.write(f"{path}: enctensor v{info['format_version']}, {_size(info['file_size'])}\n")
-    out.write(f"  chunk size  {_size(info['chunk_size'])}\n")
-    opens = _opens_with(details)
-    out.write(f"  stanzas     {stanza_summary(details)}" + (f" (open with {opens})" if opens else "") + "\n")
-    if "signed" in info:
-        out.write(
-            "  signed      "
-            + ("yes, Ed25519 (check it with --verify-with PUBLISHER_KEY)" if info["signed"] else "no")
-            + "\n"
-        )
-    if info["metadata"]:
-        out.write("  metadata\n")
-        width = max(len(k) for k in info["metadata"])
-        out.writelines(f"    {k:<{width}}  {v}\n" for k, v in info["metadata"].items())
-    else:
-        out.write("  metadata    (none)\n")
-    out.write(f"  tensors     {len(tensors)}, {_size(total)}, {enc} encrypted\n")
-    if tensors:
-        rows = [
-            (
-                t["name"],
-                t["dtype"],
-                "[" + ", ".join(map(str, t["shape"])) + "]",
-                _size(t["nbytes"]),
-                "yes" if t["encrypted"] else "no",
-            )
-            for t in tensors
-        ]
-        head = ("name", "dtype", "shape", "size", "encrypted")
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
-        out.writelines(
-            "    " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n"
-            for r in [head, *rows]
-        )
-    out.write(
-        "  (read without a key: nothing above is authenticated until the file is opened with its key)\n"
-    )
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    fmt = detect_format(args.file)
-    if fmt != "enctensor":
-        raise CliError(
-            EXIT_FORMAT,
-            args.file,
-            "not an enctensor file" + (f" (it looks like {_describe(fmt)})" if fmt in FORMATS else ""),
-            "inspect reads files made by `enctensor encrypt`"
-            + ("; for a sharded checkpoint, inspect each shard" if fmt == "enctensor-index" else ""),
-        )
-    info = api.inspect(args.file)
-    if args.json:
-        json.dump({"file": args.file, **info}, sys.stdout, indent=2, ensure_ascii=False)
-        sys.stdout.write("\n")
-    else:
-        _human_inspect(args.file, info, sys.stdout)
-    return EXIT_OK
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    _check_encrypted(args.file, "verify")
-    creds = credentials(args)
-    progress = _progress(args, f"verifying {os.path.basename(args.file)}")
-    try:
-        with progress.ticking():
-            tensors, nbytes = verify_file(args.file, **creds)
-    finally:
-        progress.close()
-    if not args.quiet:
-        signed = ", publisher signature valid" if creds.get("verify_with") is not None else ""
-        print(f"{args.file}: OK ({tensors} tensors, {_size(nbytes)}, every chunk verified{signed})")
-    return EXIT_OK
-
-
-def cmd_rekey(args: argparse.Namespace) -> int:
-    _check_encrypted(args.file, "rekey")
-    # Every usage error before any file is read or any passphrase asked for.
-    if args.new_passphrase and (args.new_key_file or args.new_recipient):
-        raise CliError(
-            EXIT_USAGE,
-            None,
-            "--new-passphrase cannot be combined with --new-key-file or --new-recipient",
-            "a passphrase must be the only way to open a file; give one or the other",
-        )
-    if not (args.new_passphrase or args.new_key_file or args.new_recipient):
-        raise CliError(
-            EXIT_USAGE,
-            None,
-            "nothing to re-key to",
-            "give --new-key-file FILE, --new-recipient PUB (each may be repeated) or --new-passphrase",
-        )
-    current = _current_credentials(args)
-    new_keys = [read_key_file(k, "--new-key-file") for k in args.new_key_file or ()]
-    new_recipients = [read_recipient(r) for r in args.new_recipient or ()]
-    if "passphrase" in current:
-        current["passphrase"] = read_passphrase(confirm=False)
-    new_passphrase = read_new_passphrase() if args.new_passphrase else None
-
-    def report(path: Any, how: str) -> None:
-        if not args.quiet:
-            what = (
-                "re-keyed in place (one page rewritten)"
-                if how == "in-place"
-                else "re-keyed, rewritten (the new stanzas did not fit in the first page; tensor bytes copied)"
-            )
-            print(f"{path}: {what}", flush=True)
-
-    rekey_file(
-        args.file,
-        new_keys=new_keys,
-        new_recipients=new_recipients,
-        new_passphrase=new_passphrase,
-        scrypt_log_n=args.scrypt_log_n,
-        on_done=report,
-        **current,
-    )
-    return EXIT_OK
-
-
 # --- Argument parsing ---------------------------------------------------------------------
-
-
-def _chunk_size(text: str) -> int:
-    m = re.fullmatch(r"(\d+)\s*([KkMm]i?B?)?", text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1M, 64K or 4096)")
-    n = int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20}[(m.group(2) or "")[:1].lower()]
-    if n & (n - 1) or not 4096 <= n <= 64 << 20:
-        raise argparse.ArgumentTypeError(f"{text}: the chunk size must be a power of two from 4K to 64M")
-    return n
-
-
-def _size_arg(n: int) -> str:
-    """``256K``, ``1M``: a chunk size as --chunk-size takes it."""
-    return f"{n >> 20}M" if n % (1 << 20) == 0 else f"{n >> 10}K" if n % 1024 == 0 else str(n)
 
 
 def _log_n(text: str) -> int:
@@ -977,15 +660,6 @@ def _metadata_pin(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
     return key, value
-
-
-def _octal_mode(text: str) -> int:
-    digits = text.strip().lower().removeprefix("0o")
-    if not re.fullmatch(r"[0-7]{1,4}", digits) or int(digits, 8) > 0o777:
-        raise argparse.ArgumentTypeError(
-            f"not a file mode: {text!r} (octal permission bits, e.g. 600 or 0644)"
-        )
-    return int(digits, 8)
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -1007,6 +681,10 @@ class _Formatter(argparse.HelpFormatter):
             else "\n".join(indent + line for line in p.splitlines())
             for p in paragraphs
         )
+
+
+#: What ``add_subparsers`` returns: each command module's ``add_parser`` adds its commands to it.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -1090,228 +768,6 @@ def _scrypt_option(p: argparse.ArgumentParser, what: str) -> None:
         metavar="N",
         help=f"{what} work factor 2^N, 10..20 (default 18; lower is faster to open and to guess)",
     )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="enctensor",
-        description="Encrypt, decrypt, inspect, verify and re-key enctensor files, and make keys.",
-        epilog=_EPILOG + "\n\n" + _KEYS_EPILOG,
-    )
-    parser.add_argument(
-        "--version", action="version", version=f"enctensor {__version__} (format v{FORMAT_VERSION})"
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-
-    p = sub.add_parser(
-        "keygen",
-        help="make a new key file, X25519 or RSA key pair, or Ed25519 signing key",
-        description="Make a new key, readable by you only (mode 0600), in OUT. Never overwrites a file."
-        "\n\nWithout an option, OUT gets a random 32-byte key (64 hex characters), for --key-file."
-        " With --x25519 or --rsa, OUT gets a private key (PEM, PKCS#8), for --identity, and its public"
-        " key is printed on stdout: the recipient that others encrypt to (--recipient). With --ed25519,"
-        " OUT gets a publisher signing key (--sign-with) and the printed ed25519:<hex> checks the"
-        " signatures (--verify-with).",
-        epilog="examples:\n"
-        "  enctensor keygen model.key\n"
-        "  enctensor keygen --x25519 me.pem > me.pub        # me.pub: x25519:<hex>\n"
-        "  enctensor keygen --rsa --bits 4096 kms.pem --public-out kms.pub.pem\n"
-        "  enctensor keygen --ed25519 publisher.pem > publisher.pub\n\n" + _KEYS_EPILOG,
-    )
-    p.add_argument("out", metavar="OUT", help="the key file to create")
-    kind = p.add_mutually_exclusive_group()
-    kind.add_argument(
-        "--x25519",
-        dest="kind",
-        action="store_const",
-        const="x25519",
-        help="an X25519 private key; prints the recipient x25519:<hex>",
-    )
-    kind.add_argument(
-        "--rsa",
-        dest="kind",
-        action="store_const",
-        const="rsa",
-        help="an RSA private key; prints the PEM public key",
-    )
-    kind.add_argument(
-        "--ed25519",
-        dest="kind",
-        action="store_const",
-        const="ed25519",
-        help="an Ed25519 publisher signing key; prints the verification key ed25519:<hex>",
-    )
-    p.add_argument(
-        "--bits",
-        type=int,
-        choices=RSA_BITS,
-        help=f"the RSA modulus size (default {DEFAULT_RSA_BITS})",
-    )
-    p.add_argument(
-        "--public-out",
-        metavar="FILE",
-        help="write the public key to FILE (never overwritten) instead of printing it",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    p.set_defaults(run=cmd_keygen)
-
-    p = sub.add_parser(
-        "pubkey",
-        help="print the public key of a private key file",
-        description="Print the public key of the private key file KEY: x25519:<hex> for an X25519 key"
-        " (the recipient), ed25519:<hex> for an Ed25519 signing key (the verification key), the PEM"
-        " public key for RSA.",
-    )
-    p.add_argument("key", metavar="KEY", help="a PEM private key file")
-    p.set_defaults(run=cmd_pubkey)
-
-    common = _Parser(add_help=False)
-    common.add_argument("-f", "--force", action="store_true", help="overwrite OUT (and shards) if they exist")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-    p = sub.add_parser(
-        "encrypt",
-        parents=[common],
-        help="encrypt a safetensors file, TVM .params file or sharded checkpoint",
-        description="Encrypt IN to the enctensor file OUT. The format of IN is detected from its content:"
-        " a .safetensors file, a TVM .params file, or a Hugging Face sharded checkpoint given by its"
-        " *.index.json (then OUT is the encrypted index, e.g. model.enct.index.json, and the encrypted"
-        " shards, X.enct for X.safetensors, are written next to it; each shard gets the same recipients"
-        " and its own signature).\n\nWhoever holds any of the keys given opens OUT: key files and"
-        " recipients can be combined and repeated; a passphrase must be the only way in.",
-        epilog="examples:\n"
-        "  enctensor encrypt model.safetensors model.enct -k model.key\n"
-        "  enctensor encrypt model.safetensors model.enct -r x25519:<hex> -r kms.pub.pem\n"
-        "  enctensor encrypt model.params model.enct -r alice.pub --sign-with publisher.pem\n"
-        "  ENCTENSOR_PASSPHRASE=... enctensor encrypt model.safetensors model.enct --passphrase\n\n"
-        + _EPILOG,
-    )
-    p.add_argument("input", metavar="IN")
-    p.add_argument("output", metavar="OUT")
-    g = p.add_argument_group("who can open OUT (key files and recipients, or --passphrase)")
-    g.add_argument(
-        "-k",
-        "--key-file",
-        action="append",
-        metavar="FILE",
-        help="a key file (32 raw bytes or 64 hex characters, as `keygen FILE` writes); repeatable",
-    )
-    g.add_argument(
-        "-r",
-        "--recipient",
-        action="append",
-        metavar="PUB",
-        help="an X25519 or RSA public key: x25519:<hex> as `keygen --x25519` prints it, or a file"
-        " holding that or a PEM public key; repeatable",
-    )
-    g.add_argument(
-        "-p",
-        "--passphrase",
-        action="store_true",
-        help=f"use a passphrase: from ${PASSPHRASE_ENV} if set, else asked twice on the terminal",
-    )
-    p.add_argument(
-        "-s",
-        "--sign-with",
-        metavar="PRIVATE_KEY",
-        help="sign OUT (every shard) with this Ed25519 private key file (`keygen --ed25519`)",
-    )
-    p.add_argument(
-        "--chunk-size",
-        type=_chunk_size,
-        default=DEFAULT_CHUNK_SIZE,
-        metavar="SIZE",
-        help=f"bytes per authenticated chunk, a power of two from 4K to 64M (default {_size_arg(DEFAULT_CHUNK_SIZE)})",
-    )
-    _scrypt_option(p, "passphrase")
-    p.set_defaults(run=cmd_encrypt)
-
-    p = sub.add_parser(
-        "decrypt",
-        parents=[common],
-        help="decrypt to safetensors, TVM .params or a sharded checkpoint",
-        description="Decrypt the enctensor file (or encrypted sharded index) IN to OUT, verifying every"
-        " byte. The output format comes from --format, else from OUT's extension (.safetensors, .params,"
-        " .json for an index), else from what IN was converted from, else safetensors.",
-        epilog="examples:\n"
-        "  enctensor decrypt model.enct model.safetensors -k model.key\n"
-        "  enctensor decrypt model.enct model.params -i me.pem --verify-with ed25519:<hex>\n\n" + _EPILOG,
-    )
-    p.add_argument("input", metavar="IN")
-    p.add_argument("output", metavar="OUT")
-    _add_open_options(p)
-    p.add_argument("--format", choices=FORMATS, help="the output format")
-    p.add_argument(
-        "--mode",
-        type=_octal_mode,
-        metavar="MODE",
-        help="permissions of the plaintext files written, in octal, e.g. 640 (default: 600, readable"
-        " by you only; a file replaced with --force keeps its mode)",
-    )
-    p.set_defaults(run=cmd_decrypt)
-
-    p = sub.add_parser(
-        "inspect",
-        help="show the tensors, metadata, key stanzas and signature of a file (no key needed)",
-        description="Show the header of an enctensor file: tensors, metadata, stanza types (who can"
-        " open it), whether it is signed, chunk size. Needs no key, so nothing shown is authenticated.",
-    )
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(run=cmd_inspect)
-
-    p = sub.add_parser(
-        "verify",
-        help="check every authentication tag (and the signature) of a file",
-        description="Check the header MAC and every chunk tag of FILE (or of every shard of an encrypted"
-        " index) without writing any plaintext; with --verify-with, also the publisher signature.",
-        epilog="example:\n  enctensor verify model.enct -i me.pem --verify-with publisher.pub\n\n" + _EPILOG,
-    )
-    p.add_argument("file", metavar="FILE")
-    _add_open_options(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    p.set_defaults(run=cmd_verify)
-
-    p = sub.add_parser(
-        "rekey",
-        help="change who can open a file (or every shard of a checkpoint), in place",
-        description="Replace the key stanzas of FILE (or of every shard of an encrypted index): opened"
-        " with a current key file, identity or passphrase, it will open with the new key files,"
-        " recipients or passphrase only. Tensor bytes, header, MAC and signature are untouched: usually"
-        " one single-page write in place; when the new stanzas do not fit, the file is rewritten"
-        " atomically. Prints which, for each file.\n\nRe-keying keeps the file key: whoever could read"
-        " the file and kept its file key still can. To revoke access, decrypt and encrypt again.",
-        epilog="examples:\n"
-        "  enctensor rekey model.enct -k old.key --new-key-file new.key\n"
-        "  enctensor rekey model.enct.index.json -i me.pem --new-recipient me.pub -r alice.pub\n"
-        "  ENCTENSOR_PASSPHRASE=old ENCTENSOR_NEW_PASSPHRASE=new enctensor rekey m.enct -p"
-        " --new-passphrase\n\n" + _EPILOG,
-    )
-    p.add_argument("file", metavar="FILE", help="an enctensor file or encrypted sharded checkpoint index")
-    _add_open_options(p, verify=False)
-    g = p.add_argument_group("who can open it afterwards (new key files and recipients, or --new-passphrase)")
-    g.add_argument(
-        "--new-key-file",
-        action="append",
-        metavar="FILE",
-        help="a key file; repeatable",
-    )
-    g.add_argument(
-        "-r",
-        "--new-recipient",
-        action="append",
-        metavar="PUB",
-        help="an X25519 or RSA public key (x25519:<hex> or a file holding that or a PEM public key); repeatable",
-    )
-    g.add_argument(
-        "--new-passphrase",
-        action="store_true",
-        help=f"a new passphrase: from ${NEW_PASSPHRASE_ENV} if set, else asked twice on the terminal",
-    )
-    _scrypt_option(p, "new passphrase")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    p.set_defaults(run=cmd_rekey)
-    return parser
 
 
 # --- Errors -------------------------------------------------------------------------------
@@ -1408,49 +864,3 @@ def _classify(e: BaseException, path: str | None) -> CliError:
         f"internal error: {type(e).__name__}: {e}",
         f"please report this (set {DEBUG_ENV}=1 to see the traceback)",
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    run: Callable[[argparse.Namespace], int] = args.run
-    default_file = (
-        getattr(args, "input", None)
-        or getattr(args, "file", None)
-        or getattr(args, "out", None)
-        or getattr(args, "key", None)
-    )
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        if args.command == "rekey":
-            done = "the files reported above were re-keyed; the others were not changed"
-        else:
-            done = "no output was written"
-        print(f"\nenctensor: interrupted ({done})", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # `enctensor inspect x | head`: stop quietly; keep Python from complaining at exit.
-        with contextlib.suppress(OSError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_IO
-    except Exception as e:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        failure = classify(e, default_file)
-        print(failure.line(), file=sys.stderr)
-        return failure.code
-
-
-__all__ = [
-    "EXIT_FORMAT",
-    "EXIT_INTEGRITY",
-    "EXIT_IO",
-    "EXIT_OK",
-    "EXIT_USAGE",
-    "EXIT_WRONG_KEY",
-    "NEW_PASSPHRASE_ENV",
-    "PASSPHRASE_ENV",
-    "main",
-]

@@ -1,0 +1,121 @@
+"""The ``enctensor`` command: keygen, pubkey, encrypt, decrypt, inspect, verify, rekey.
+
+Failures print one line, ``enctensor: error: <file>: <what went wrong> — <what to do>``, and
+exit with a code that says what kind of failure it was (see ``EXIT_*``). No traceback is
+shown unless ``ENCTENSOR_DEBUG=1`` is set, and no partial output is ever left behind.
+
+One module per command group, each with its ``cmd_*`` functions and an ``add_parser``
+that adds its subcommands: :mod:`.keys` (keygen, pubkey), :mod:`.convert` (encrypt,
+decrypt), :mod:`.inspect` (inspect, verify), :mod:`.rekey` (rekey). What they share (exit
+codes, errors, key and passphrase reading, progress, option groups) is in :mod:`._common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .. import FORMAT_VERSION, __version__
+
+# A name imported `as` itself is re-exported: `enctensor.cli` offers what it did as one module.
+from . import convert, inspect, keys, rekey
+from ._common import _EPILOG, _KEYS_EPILOG, _Parser
+from ._common import DEBUG_ENV as DEBUG_ENV
+from ._common import DEFAULT_RSA_BITS as DEFAULT_RSA_BITS
+from ._common import EXIT_FORMAT as EXIT_FORMAT
+from ._common import EXIT_INTEGRITY as EXIT_INTEGRITY
+from ._common import EXIT_INTERRUPTED as EXIT_INTERRUPTED
+from ._common import EXIT_IO as EXIT_IO
+from ._common import EXIT_OK as EXIT_OK
+from ._common import EXIT_USAGE as EXIT_USAGE
+from ._common import EXIT_WRONG_KEY as EXIT_WRONG_KEY
+from ._common import NEW_PASSPHRASE_ENV as NEW_PASSPHRASE_ENV
+from ._common import PASSPHRASE_ENV as PASSPHRASE_ENV
+from ._common import RSA_BITS as RSA_BITS
+from ._common import CliError as CliError
+from ._common import Progress as Progress
+from ._common import classify as classify
+from ._common import credentials as credentials
+from ._common import read_identity as read_identity
+from ._common import read_key_file as read_key_file
+from ._common import read_new_passphrase as read_new_passphrase
+from ._common import read_passphrase as read_passphrase
+from ._common import read_private_key as read_private_key
+from ._common import read_recipient as read_recipient
+from ._common import read_signing_key as read_signing_key
+from ._common import read_verify_key as read_verify_key
+from ._common import stanza_summary as stanza_summary
+from ._common import write_credentials as write_credentials
+from .convert import cmd_decrypt as cmd_decrypt
+from .convert import cmd_encrypt as cmd_encrypt
+from .inspect import cmd_inspect as cmd_inspect
+from .inspect import cmd_verify as cmd_verify
+from .keys import cmd_keygen as cmd_keygen
+from .keys import cmd_pubkey as cmd_pubkey
+from .keys import public_text as public_text
+from .rekey import cmd_rekey as cmd_rekey
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="enctensor",
+        description="Encrypt, decrypt, inspect, verify and re-key enctensor files, and make keys.",
+        epilog=_EPILOG + "\n\n" + _KEYS_EPILOG,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"enctensor {__version__} (format v{FORMAT_VERSION})"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    # In this order in `enctensor --help`.
+    for group in (keys, convert, inspect, rekey):
+        group.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    default_file = (
+        getattr(args, "input", None)
+        or getattr(args, "file", None)
+        or getattr(args, "out", None)
+        or getattr(args, "key", None)
+    )
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        if args.command == "rekey":
+            done = "the files reported above were re-keyed; the others were not changed"
+        else:
+            done = "no output was written"
+        print(f"\nenctensor: interrupted ({done})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `enctensor inspect x | head`: stop quietly; keep Python from complaining at exit.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_IO
+    except Exception as e:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        failure = classify(e, default_file)
+        print(failure.line(), file=sys.stderr)
+        return failure.code
+
+
+__all__ = [
+    "EXIT_FORMAT",
+    "EXIT_INTEGRITY",
+    "EXIT_IO",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EXIT_WRONG_KEY",
+    "NEW_PASSPHRASE_ENV",
+    "PASSPHRASE_ENV",
+    "main",
+]
