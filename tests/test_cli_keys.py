@@ -373,6 +373,14 @@ def test_recipients_and_signature_through_tvm_params(run: Run, tmp_path: Path, k
         assert (tmp_path / out).read_bytes() == (tmp_path / "m.params").read_bytes()
         loaded = tvm.runtime.load_param_dict_from_file(str(tmp_path / out))
         assert all(loaded[n].numpy().tobytes() == a.tobytes() for n, a in arrays.items())
+    # verify without --verify-with passes (the MAC and tags hold) but says the signature was
+    # not checked: the MAC proves only that some key holder wrote the file.
+    unchecked = ok(run("verify", "m.enct", "-i", keys.path("alice.pem")))
+    assert "signature was NOT checked" in unchecked.stdout, unchecked.stdout
+    checked = ok(
+        run("verify", "m.enct", "-i", keys.path("alice.pem"), "--verify-with", keys.path("publisher.pub"))
+    )
+    assert "publisher signature valid" in checked.stdout and "NOT checked" not in checked.stdout
     assert_failed(run("decrypt", "m.enct", "x.params", "-i", keys.path("stranger.pem")), 3)
     assert_failed(
         run("verify", "m.enct", "-i", keys.path("alice.pem"), "--verify-with", keys.path("rival.pub")),

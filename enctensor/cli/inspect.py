@@ -101,9 +101,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if not args.quiet:
-        signed = ", publisher signature valid" if creds.get("verify_with") is not None else ""
+        if creds.get("verify_with") is not None:
+            signed = ", publisher signature valid"
+        elif _is_signed(args.file):
+            # The MAC proves only that a key holder wrote the file: say the signature was skipped.
+            signed = "; the file is signed, but the signature was NOT checked (give --verify-with)"
+        else:
+            signed = ""
         print(f"{args.file}: OK ({tensors} tensors, {_size(nbytes)}, every chunk verified{signed})")
     return EXIT_OK
+
+
+def _is_signed(path: str) -> bool:
+    """Whether a single file carries a publisher signature (False for an index or another path)."""
+    try:
+        return bool(api.inspect(path).get("signed"))
+    except (OSError, ValueError):  # an index or another non-enctensor path
+        return False
 
 
 # --- Argument parsing ---------------------------------------------------------------------
