@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -28,7 +29,7 @@ from ._keys import (
     verify_bytes,
 )
 from ._slice import plan
-from .errors import IntegrityError, TensorNotFoundError
+from .errors import FormatError, IntegrityError, TensorNotFoundError
 
 PathLike = str | os.PathLike[str]
 # 256 KiB: a slice decrypts at most two chunks more than it needs; throughput is the same as
@@ -98,6 +99,65 @@ def check_pinned_metadata(
                 f"{where}the metadata entry {name!r} is {_short(held[name])}, but expect_metadata requires"
                 f" {_short(value)} (an older or another file?)"
             )
+
+
+#: What to give instead of a directory, to a reader and to :func:`save`.
+_READ_INSTEAD = "give a file name: an .enct file, or the *.enct.index.json of a sharded checkpoint"
+_WRITE_INSTEAD = "give a file name"
+
+
+class _DirectoryGiven(IsADirectoryError):
+    """A directory given where a file name was expected. ``strerror`` is ``"is a directory"``
+    (as the CLI shows it); ``str()`` also says what to give instead."""
+
+    def __init__(self, path: str, instead: str) -> None:
+        super().__init__(errno.EISDIR, "is a directory", path)
+        self.instead = instead
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror} — {self.instead}"
+
+
+def _file_name(path: PathLike, instead: str = _READ_INSTEAD) -> str:
+    """``os.fspath(path)``; :class:`IsADirectoryError` saying what to give if it is a directory."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        raise _DirectoryGiven(p, instead)
+    return p
+
+
+def _index_format(p: str) -> str | None:
+    """``"enctensor-index"`` or ``"index"`` if ``p`` is the index of a sharded checkpoint
+    (decided by content, as ``enctensor.convert.detect_format`` does: a JSON object with a
+    ``weight_map``), else ``None``, also when ``p`` cannot be read (the reader reports that)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.lstrip()[:1] != b"{":  # an enctensor file starts with its magic; skip the import
+        return None
+    from .convert import detect_format
+
+    try:
+        fmt = detect_format(p)
+    except (OSError, ValueError):
+        return None
+    return fmt if fmt in ("index", "enctensor-index") else None
+
+
+def _not_one_file(p: str, fmt: str, what: str) -> FormatError:
+    """The error of a reader of one file (``what``) given a sharded checkpoint's index."""
+    if fmt == "index":
+        return FormatError(
+            f"{p}: the index of a sharded checkpoint of unencrypted shards, not an enctensor file:"
+            " encrypt it with `enctensor encrypt` or enctensor.convert.encrypt_file"
+        )
+    return FormatError(
+        f"{p}: the index of a sharded checkpoint, which {what} does not take: give one of its"
+        " shards, or load the whole checkpoint with enctensor.load"
+        " (enctensor.convert.verify_file or `enctensor verify` verify it)"
+    )
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> list[tuple[str, str]]:
@@ -176,8 +236,15 @@ def save(
     plaintext: Iterable[str] = (),
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
+    overwrite: bool = True,
 ) -> None:
     """Encrypts ``tensors`` to ``path`` atomically (temporary file, fsync, rename).
+
+    ``overwrite`` (default ``True``, as safetensors' ``save_file``) replaces an existing
+    ``path``; with ``overwrite=False`` an existing ``path`` is a :class:`FileExistsError` naming
+    it and nothing is written, as the CLI does without ``--force`` (a file created at ``path``
+    while this one is being written is not replaced either). A directory is an
+    :class:`IsADirectoryError` either way.
 
     Whoever holds any of these can open the file: ``key``, 32 raw bytes or a
     ``pathlib.Path`` to a key file (or several of those); ``recipients``, X25519 or RSA public
@@ -189,9 +256,24 @@ def save(
     file for ``load(..., verify_with=...)``. Tensors named in ``plaintext`` are stored
     unencrypted but still authenticated.
     """
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be a bool, not {type(overwrite).__name__}")
+    p = _file_name(path, _WRITE_INSTEAD)
+    if not overwrite and os.path.lexists(p):
+        raise FileExistsError(errno.EEXIST, "already exists", p)
     rows = _tensor_rows(tensors, plaintext)
     args = _write_args(key, passphrase, recipients, sign_with, metadata, chunk_size, scrypt_log_n)
-    _core.write_file(os.fspath(path), rows, **args)
+    if overwrite:
+        _core.write_file(p, rows, **args)
+        return
+    from .convert._common import Staging
+
+    # Written to a reserved temporary name, then hard-linked to ``p``, which fails if ``p``
+    # has appeared meanwhile (the CLI's no-clobber write).
+    with Staging(overwrite=False) as staging:
+        tmp = staging.add(p)
+        _core.write_file(os.fspath(tmp), rows, **args)
+        staging.commit()
 
 
 def save_bytes(
@@ -224,13 +306,18 @@ def _open(
     *,
     expect_metadata: Mapping[str, str] | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+    what: str = "this function",
 ) -> _core.Reader:
     """Opens and authenticates ``path`` (MAC, and the signature when ``verify_with`` is
-    given), then checks the ``expect_metadata`` pins."""
+    given), then checks the ``expect_metadata`` pins. ``what`` names the caller in the error
+    for a sharded checkpoint's index."""
     pins = check_expect_metadata(expect_metadata)
     cap = check_max_scrypt_log_n(max_scrypt_log_n)
     verify_key = verify_bytes(verify_with)
-    p = os.fspath(path)
+    p = _file_name(path)
+    fmt = _index_format(p)
+    if fmt is not None:
+        raise _not_one_file(p, fmt, what)
     how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_file(p)))
     reader = _core.Reader(p, **how, verify_key=verify_key, max_scrypt_log_n=cap)
     check_pinned_metadata(reader.metadata(), pins, p)
@@ -292,10 +379,31 @@ def load(
     binds no version: this is how a rolled-back file is refused). ``max_scrypt_log_n`` (10 to
     20, default 18) is the largest scrypt work factor a passphrase-protected file may ask for;
     a costlier one is refused with :class:`FormatError` before scrypt runs.
+
+    ``path`` may also be the index of an encrypted sharded checkpoint (``*.enct.index.json``,
+    recognised by its content, shards next to it): all its tensors are returned, as by
+    :func:`enctensor.load_sharded`, which checks first that the set is whole (a missing,
+    extra, swapped or mixed-in shard is an :class:`IntegrityError`) and applies these
+    arguments to every shard. A directory is an :class:`IsADirectoryError` saying so.
     """
+    p = _file_name(path)
+    fmt = _index_format(p)
+    if fmt == "enctensor-index":
+        from ._sharded import load_sharded
+
+        return load_sharded(
+            p,
+            key=key,
+            passphrase=passphrase,
+            verify_with=verify_with,
+            expect_metadata=expect_metadata,
+            max_scrypt_log_n=max_scrypt_log_n,
+        )
+    if fmt is not None:
+        raise _not_one_file(p, fmt, "enctensor.load")
     return read_all(
         _open(
-            path,
+            p,
             key,
             passphrase,
             verify_with,
@@ -339,7 +447,9 @@ def verify(
     """Checks the header MAC and every chunk of ``path`` (and, with ``verify_with``, the
     publisher signature and every chunk digest) without keeping any plaintext; raises
     :class:`WrongKeyError`, :class:`IntegrityError`, :class:`SignatureError` or
-    :class:`FormatError`. The arguments are those of :func:`load`."""
+    :class:`FormatError`. The arguments are those of :func:`load`. It takes one file: the
+    index of a sharded checkpoint is a :class:`FormatError` (verify a set with
+    :func:`enctensor.convert.verify_file`)."""
     _open(
         path,
         key,
@@ -347,6 +457,7 @@ def verify(
         verify_with,
         expect_metadata=expect_metadata,
         max_scrypt_log_n=max_scrypt_log_n,
+        what="enctensor.verify",
     ).verify()
 
 
@@ -371,8 +482,14 @@ def inspect(path: PathLike) -> dict[str, Any]:
     """Names, dtypes, shapes, metadata and stanza types of ``path``, read without a key.
 
     Nothing returned is authenticated: only a load with the key proves the header genuine.
+    A directory is an :class:`IsADirectoryError`, the index of a sharded checkpoint a
+    :class:`FormatError` (inspect its shards).
     """
-    return _inspection(_core.inspect_file(os.fspath(path)))
+    p = _file_name(path)
+    fmt = _index_format(p)
+    if fmt is not None:
+        raise _not_one_file(p, fmt, "enctensor.inspect")
+    return _inspection(_core.inspect_file(p))
 
 
 def inspect_bytes(data: bytes | bytearray | memoryview) -> dict[str, Any]:
@@ -406,7 +523,7 @@ def rekey(
         keys = check_keys(list(new_keys), "new_keys")
     public = recipient_kwargs(new_recipients)
     new_p = check_passphrase(new_passphrase, "new_passphrase")
-    p = os.fspath(path)
+    p = _file_name(path)
     how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_file(p)))
     if not keys and new_p is None and not public["x25519"] and not public["rsa_spki"]:
         raise ValueError("rekey needs at least one new key, recipient or passphrase")
@@ -496,6 +613,7 @@ class safe_open:
             verify_with,
             expect_metadata=expect_metadata,
             max_scrypt_log_n=max_scrypt_log_n,
+            what="enctensor.safe_open",
         )
         self._rows = {row[0]: (i, row) for i, row in enumerate(self._reader.tensors())}
         self._metadata = dict(self._reader.metadata())

@@ -76,7 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status."""
+    """Runs the command line; returns the exit status.
+
+    A reader that stops early (``enctensor inspect FILE | head -1``) is not an error: the rest
+    of the output is dropped quietly and the status is 0, with no traceback and no complaint
+    from Python when it flushes stdout at exit (the recipe in the :mod:`signal` docs)."""
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit as e:  # --help, --version and usage errors exit from argparse
+            if not isinstance(e.code, int | None):
+                raise
+            code = e.code or EXIT_OK
+        sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     default_file = (
@@ -95,11 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nenctensor: interrupted ({done})", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # `enctensor inspect x | head`: stop quietly; keep Python from complaining at exit.
-        with contextlib.suppress(OSError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_IO
+        raise  # the reader of stdout went away: see main()
     except Exception as e:
         if os.environ.get(DEBUG_ENV):
             raise

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa, x25519
 
 from .. import _api as api
-from .._api import DEFAULT_MAX_SCRYPT_LOG_N
+from .._api import DEFAULT_MAX_SCRYPT_LOG_N, DEFAULT_SCRYPT_LOG_N
 from .._keys import ED25519_TEXT_PREFIX, KEY_SIZE, MAX_KEY_FILE, X25519_TEXT_PREFIX
 from ..convert import FORMATS, detect_format
 from ..errors import FormatError, IntegrityError, WrongKeyError
@@ -292,6 +292,13 @@ def _one_line_key(text: str, prefix: str, what: str, where: str | None) -> bytes
     return bytes.fromhex(digits)
 
 
+#: What each public key option takes on one line, as ``keygen`` prints it.
+_ONE_LINE_FORM = {
+    "--recipient": "x25519:<hex> key (as `enctensor keygen --x25519` printed it)",
+    "--verify-with": "ed25519:<hex> key (as `enctensor keygen --ed25519` printed it)",
+}
+
+
 def _public_key_text_or_file(text: str, option: str) -> tuple[str, str | None, object]:
     """``(one-line text or "", file shown in errors, PEM public key or None)`` for an argument
     that is a one-line public key or a file holding one or a PEM public key."""
@@ -314,7 +321,7 @@ def _public_key_text_or_file(text: str, option: str) -> tuple[str, str | None, o
             shown,
             f"{reason} (the {option} argument is a one-line public key or a PEM public key file"
             + (")" if shown else "; the value given is not shown)"),
-            "check the path, or give x25519:<hex> / ed25519:<hex> as `enctensor keygen` printed it",
+            f"check the path, or give {_ONE_LINE_FORM[option]} or a PEM public key file",
         ) from None
     stripped = data.strip()
     if stripped.startswith((X25519_TEXT_PREFIX.encode(), ED25519_TEXT_PREFIX.encode())):
@@ -330,7 +337,7 @@ def _public_key_text_or_file(text: str, option: str) -> tuple[str, str | None, o
         raise CliError(
             EXIT_USAGE,
             text,
-            "not a public key: expected a PEM public key or a one-line x25519:<hex> / ed25519:<hex> key",
+            f"not a public key: expected a PEM public key or a one-line {_ONE_LINE_FORM[option]}",
             "use what `enctensor keygen` printed or wrote with --public-out",
         )
     try:
@@ -391,7 +398,9 @@ def _env_or_prompt(env_name: str, prompt: str, confirm: bool) -> str:
         warnings.simplefilter("error", getpass.GetPassWarning)
         try:
             first = getpass.getpass(f"{prompt}: ")
-            if confirm and getpass.getpass(f"Confirm {prompt[0].lower()}{prompt[1:]}: ") != first:
+            # "Enter new passphrase" is confirmed by "Confirm new passphrase".
+            again = "Confirm " + prompt.removeprefix("Enter ")
+            if confirm and getpass.getpass(f"{again}: ") != first:
                 raise CliError(EXIT_USAGE, None, "the passphrases do not match", "try again")
         except (getpass.GetPassWarning, EOFError, OSError):
             raise CliError(
@@ -432,9 +441,18 @@ def write_credentials(args: argparse.Namespace) -> dict[str, Any]:
             "no key given",
             "use --key-file FILE (make one with `enctensor keygen`), --recipient PUB or --passphrase",
         )
+    if args.scrypt_log_n is not None and not args.passphrase:
+        raise CliError(
+            EXIT_USAGE,
+            None,
+            "--scrypt-log-n sets the passphrase's work factor, and no --passphrase is given",
+            "add --passphrase, or leave --scrypt-log-n out",
+        )
     # Every file is read (and checked) before the passphrase is asked for.
     keys = [read_key_file(k) for k in args.key_file or ()]
     recipients = [read_recipient(r) for r in args.recipient or ()]
+    refuse_duplicates(keys, "-k/--key-file")
+    refuse_duplicates(recipients, "-r/--recipient")
     sign_with = read_signing_key(args.sign_with) if args.sign_with else None
     creds: dict[str, Any] = {"sign_with": sign_with}
     if args.passphrase:
@@ -443,6 +461,35 @@ def write_credentials(args: argparse.Namespace) -> dict[str, Any]:
         creds["key"] = keys
         creds["recipients"] = recipients
     return creds
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}" + ("th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th"))
+
+
+def _key_identity(key: object) -> bytes:
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, x25519.X25519PublicKey | rsa.RSAPublicKey):
+        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    raise TypeError(f"not a key file or recipient: {type(key).__name__}")
+
+
+def refuse_duplicates(keys: list[Any], option: str) -> None:
+    """Refuses the same key file or recipient given twice (exit status 2): a duplicate would
+    add a second stanza for the same key, and is more likely a mistake for another key. The
+    arguments are named by position only: a value given may be a key."""
+    seen: dict[bytes, int] = {}
+    for n, key in enumerate(keys, 1):
+        first = seen.setdefault(_key_identity(key), n)
+        if first != n:
+            what = "key" if option.endswith("key-file") else "public key"
+            raise CliError(
+                EXIT_USAGE,
+                None,
+                f"the {_ordinal(first)} and {_ordinal(n)} {option} are the same {what}",
+                "give each once (did you mean another one?)",
+            )
 
 
 def _current_credentials(args: argparse.Namespace) -> dict[str, Any]:
@@ -587,8 +634,20 @@ def _size(n: float) -> str:
 
 
 def _refuse_existing(out: str, force: bool) -> None:
+    if os.path.isdir(out):
+        # Said once, the same with and without --force.
+        raise CliError(EXIT_IO, out, "is a directory, not a file name", "give a file name")
     if not force and (os.path.exists(out) or os.path.islink(out)):
         raise CliError(EXIT_IO, out, "already exists", "use --force to overwrite it")
+
+
+def _refuse_same_file(src: str, out: str) -> None:
+    """Writing OUT would replace IN while it is read: refused (exit status 2), IN untouched."""
+    with contextlib.suppress(OSError):
+        if os.path.samefile(src, out):
+            raise CliError(
+                EXIT_USAGE, out, f"is the input file {src} itself", "write the output to another name"
+            )
 
 
 def _check_encrypted(path: str, command: str) -> str:
@@ -764,9 +823,10 @@ def _scrypt_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--scrypt-log-n",
         type=_log_n,
-        default=18,
+        default=None,
         metavar="N",
-        help=f"{what} work factor 2^N, 10..20 (default 18; lower is faster to open and to guess)",
+        help=f"{what} work factor 2^N, 10..20 (default {DEFAULT_SCRYPT_LOG_N}; lower is faster to open and"
+        f" to guess; only with --{what.replace(' ', '-')})",
     )
 
 
@@ -794,6 +854,15 @@ _OS_HINTS = {
     errno.EISDIR: "give a file name",
     errno.EEXIST: "use --force to overwrite it",
 }
+
+
+#: The hidden temporary name an output is written to before it is renamed (``convert._common``).
+_TEMP_NAME = re.compile(r"\.(?P<final>[^/]+)\.[0-9a-f]{8}\.partial")
+
+
+def _real_target(text: str) -> str:
+    """``dir/.x.enct.1a2b3c4d.partial`` -> ``dir/x.enct``: errors name what the user asked for."""
+    return _TEMP_NAME.sub(lambda m: m.group("final"), text)
 
 
 def _stanza_hint(path: str | None) -> str:
@@ -852,6 +921,8 @@ def _classify(e: BaseException, path: str | None) -> CliError:
             # From Rust: OSError(errno, "<what>: <strerror> (os error N)").
             what = e.strerror if e.strerror else str(e)
             what = _strip_path(re.sub(r" \(os error \d+\)$", "", what), path)
+        what = _real_target(what)
+        path = _real_target(path) if path else path
         hint = _OS_HINTS.get(e.errno or -1)
         if isinstance(e, FileExistsError) and e.strerror == "already exists":
             hint = "use --force to overwrite it"

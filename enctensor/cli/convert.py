@@ -12,6 +12,7 @@ from .._api import DEFAULT_CHUNK_SIZE
 from ..convert import FORMATS, decrypt_file, detect_format, encrypt_file
 from ._common import (
     _EPILOG,
+    DEFAULT_SCRYPT_LOG_N,
     EXIT_FORMAT,
     EXIT_OK,
     EXIT_USAGE,
@@ -23,6 +24,7 @@ from ._common import (
     _Parser,
     _progress,
     _refuse_existing,
+    _refuse_same_file,
     _scrypt_option,
     credentials,
     write_credentials,
@@ -56,6 +58,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             "a sharded checkpoint's encrypted index must be a .json file",
             "name it like model.enct.index.json; the shards are written next to it",
         )
+    _refuse_same_file(args.input, args.output)
     _refuse_existing(args.output, args.force)
     creds = write_credentials(args)
     progress = _progress(args, f"encrypting {os.path.basename(args.input)}")
@@ -64,7 +67,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             args.input,
             args.output,
             chunk_size=args.chunk_size,
-            scrypt_log_n=args.scrypt_log_n,
+            scrypt_log_n=DEFAULT_SCRYPT_LOG_N if args.scrypt_log_n is None else args.scrypt_log_n,
             overwrite=args.force,
             progress=progress,
             **creds,
@@ -76,6 +79,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
     _check_encrypted(args.input, "decrypt")
+    _refuse_same_file(args.input, args.output)
     _refuse_existing(args.output, args.force)
     creds = credentials(args)
     progress = _progress(args, f"decrypting {os.path.basename(args.input)}")

@@ -8,6 +8,7 @@ from typing import Any
 from ..convert import rekey_file
 from ._common import (
     _EPILOG,
+    DEFAULT_SCRYPT_LOG_N,
     EXIT_OK,
     EXIT_USAGE,
     NEW_PASSPHRASE_ENV,
@@ -21,6 +22,7 @@ from ._common import (
     read_new_passphrase,
     read_passphrase,
     read_recipient,
+    refuse_duplicates,
 )
 
 
@@ -41,9 +43,18 @@ def cmd_rekey(args: argparse.Namespace) -> int:
             "nothing to re-key to",
             "give --new-key-file FILE, --new-recipient PUB (each may be repeated) or --new-passphrase",
         )
+    if args.scrypt_log_n is not None and not args.new_passphrase:
+        raise CliError(
+            EXIT_USAGE,
+            None,
+            "--scrypt-log-n sets the new passphrase's work factor, and no --new-passphrase is given",
+            "add --new-passphrase, or leave --scrypt-log-n out",
+        )
     current = _current_credentials(args)
     new_keys = [read_key_file(k, "--new-key-file") for k in args.new_key_file or ()]
     new_recipients = [read_recipient(r) for r in args.new_recipient or ()]
+    refuse_duplicates(new_keys, "--new-key-file")
+    refuse_duplicates(new_recipients, "--new-recipient")
     if "passphrase" in current:
         current["passphrase"] = read_passphrase(confirm=False)
     new_passphrase = read_new_passphrase() if args.new_passphrase else None
@@ -62,7 +73,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         new_keys=new_keys,
         new_recipients=new_recipients,
         new_passphrase=new_passphrase,
-        scrypt_log_n=args.scrypt_log_n,
+        scrypt_log_n=DEFAULT_SCRYPT_LOG_N if args.scrypt_log_n is None else args.scrypt_log_n,
         on_done=report,
         **current,
     )

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import _core
-from .._dtypes import NUMPY_DTYPES
+from .._dtypes import ITEMSIZE as _ITEMSIZE
 from ._common import (
     Decryptor,
     InputFormatError,
@@ -44,7 +44,7 @@ BOOKKEEPING_KEY = "enctensor.safetensors"
 RESERVED_KEYS = frozenset({BOOKKEEPING_KEY, "enctensor.tvm_params"})
 
 #: dtype name -> element size; enctensor's dtypes are a subset of safetensors', same names.
-ITEMSIZE: dict[str, int] = {name: dt.itemsize for name, dt in NUMPY_DTYPES.items()}
+ITEMSIZE: dict[str, int] = dict(_ITEMSIZE)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import _core
-from .._dtypes import NUMPY_DTYPES
+from .._dtypes import ITEMSIZE
 from ._common import (
     Decryptor,
     InputFormatError,
@@ -76,7 +76,7 @@ TO_ENCT: dict[tuple[int, int], str] = {
     (12, 8): "F8_E5M2",
 }
 FROM_ENCT: dict[str, tuple[int, int]] = {v: k for k, v in TO_ENCT.items()}
-assert set(FROM_ENCT) == set(NUMPY_DTYPES), "every enctensor dtype has a TVM code"
+assert set(FROM_ENCT) == set(ITEMSIZE), "every enctensor dtype has a TVM code"
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ def read_params(m: MappedFile) -> Params:
             t = ParamTensor(name, code, bits, lanes, (dev_type, dev_id), treserved, shape, c.pos, nbytes)
             dt = t.enct_dtype()
             if dt is not None:
-                expected = NUMPY_DTYPES[dt].itemsize
+                expected = ITEMSIZE[dt]
                 for d in shape:
                     expected *= d
                 if expected != nbytes:
