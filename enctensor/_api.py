@@ -311,13 +311,28 @@ def _open(
     """Opens and authenticates ``path`` (MAC, and the signature when ``verify_with`` is
     given), then checks the ``expect_metadata`` pins. ``what`` names the caller in the error
     for a sharded checkpoint's index."""
-    pins = check_expect_metadata(expect_metadata)
-    cap = check_max_scrypt_log_n(max_scrypt_log_n)
-    verify_key = verify_bytes(verify_with)
     p = _file_name(path)
     fmt = _index_format(p)
     if fmt is not None:
         raise _not_one_file(p, fmt, what)
+    return _open_file(
+        p, key, passphrase, verify_with, expect_metadata=expect_metadata, max_scrypt_log_n=max_scrypt_log_n
+    )
+
+
+def _open_file(
+    p: str,
+    key: object,
+    passphrase: object,
+    verify_with: object,
+    *,
+    expect_metadata: Mapping[str, str] | None,
+    max_scrypt_log_n: int,
+) -> _core.Reader:
+    """:func:`_open` of a file name already known not to be a directory or an index."""
+    pins = check_expect_metadata(expect_metadata)
+    cap = check_max_scrypt_log_n(max_scrypt_log_n)
+    verify_key = verify_bytes(verify_with)
     how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_file(p)))
     reader = _core.Reader(p, **how, verify_key=verify_key, max_scrypt_log_n=cap)
     check_pinned_metadata(reader.metadata(), pins, p)
@@ -402,7 +417,7 @@ def load(
     if fmt is not None:
         raise _not_one_file(p, fmt, "enctensor.load")
     return read_all(
-        _open(
+        _open_file(
             p,
             key,
             passphrase,

@@ -31,6 +31,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from . import _core
+from ._api import DEFAULT_MAX_SCRYPT_LOG_N
 from .errors import IntegrityError
 
 PathLike = str | os.PathLike[str]
@@ -279,7 +280,7 @@ def load_sharded(
     verify_with: Any = None,
     expect_metadata: Mapping[str, str] | None = None,
     expect_checkpoint: str | None = None,
-    max_scrypt_log_n: int = 18,  # enctensor._api.DEFAULT_MAX_SCRYPT_LOG_N
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> dict[str, np.ndarray]:
     """Decrypts and verifies every tensor of the sharded checkpoint whose encrypted index is
     ``index_path`` (``*.enct.index.json``, shards next to it) into numpy arrays, shard by

@@ -9,18 +9,20 @@
 //! the path still names the file that was authenticated.
 
 use std::ffi::CString;
-use std::fs::{self, File, Metadata, OpenOptions, Permissions};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::crypto;
 use crate::error::{Error, Result};
 use crate::header::{self, Preamble, MAX_STANZA_AREA, PAGE, PREAMBLE_LEN};
 use crate::keys::{make_stanza, Credential, Recipient};
 use crate::reader::Reader;
-use crate::writer::{check_recipients, padded_area, stanza_area_json, write_zeros};
+use crate::writer::{
+    check_recipients, keep_mode_and_owner, padded_area, stanza_area_json, sync_dir, write_zeros,
+    TempFile,
+};
 
 /// How a re-key was carried out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,46 +198,8 @@ fn rewrite_target(path: &Path, shown: &str) -> Result<PathBuf> {
     }
 }
 
-/// Gives `file` (a new file about to replace the one `old` describes) that file's mode and,
-/// where permitted, its owner and group. The owner first: changing it clears the set-user-ID
-/// and set-group-ID bits, which the mode then sets again.
-pub(crate) fn keep_mode_and_owner(file: &File, old: &Metadata) -> io::Result<()> {
-    let now = file.metadata()?;
-    if (now.uid(), now.gid()) != (old.uid(), old.gid()) {
-        let not_permitted =
-            |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL));
-        if let Err(e) = std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid())) {
-            if !not_permitted(&e) {
-                return Err(e);
-            }
-            // Not allowed to give the file away: keep at least the group, if we may.
-            if let Err(e) = std::os::unix::fs::fchown(file, None, Some(old.gid())) {
-                if !not_permitted(&e) {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    file.set_permissions(Permissions::from_mode(old.mode() & 0o7777))
-}
-
 fn same_file(a: &Metadata, b: &Metadata) -> bool {
     (a.dev(), a.ino()) == (b.dev(), b.ino())
-}
-
-/// A temporary file beside the target, removed when dropped unless `keep` (set when the name
-/// may have come to hold someone else's file).
-struct Temp {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for Temp {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
 }
 
 /// Writes a new file with `fill` next to `target` (with the mode and owner of `ours`, the file
@@ -246,29 +210,8 @@ fn rewrite(
     ours: &Metadata,
     fill: impl FnOnce(&mut &File) -> Result<()>,
 ) -> Result<()> {
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = target
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{shown} is not a file path")))?
-        .to_string_lossy()
-        .into_owned();
-    let mut rnd = [0u8; 6];
-    crypto::random(&mut rnd)?;
-    let suffix: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
-    let out = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(e, format!("cannot create a temporary file next to {shown}")))?;
-    let mut temp = Temp {
-        path: tmp.clone(),
-        keep: false,
-    };
+    let (mut temp, dir, out) = TempFile::beside(target, shown)?;
+    let tmp = temp.path.clone();
     keep_mode_and_owner(&out, ours)
         .map_err(|e| Error::io(e, format!("cannot set the mode of a file next to {shown}")))?;
     fill(&mut &out)?;
@@ -280,9 +223,7 @@ fn rewrite(
     drop(out);
     swap_in(&tmp, target, shown, ours, &new, &mut temp, exchange)?;
     // Make the swap and the unlink durable.
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
+    sync_dir(&dir);
     Ok(())
 }
 
@@ -311,7 +252,7 @@ fn swap_in(
     shown: &str,
     ours: &Metadata,
     new: &Metadata,
-    temp: &mut Temp,
+    temp: &mut TempFile,
     exchange: fn(&Path, &Path) -> io::Result<()>,
 ) -> Result<()> {
     let replace_err = |e| Error::io(e, format!("cannot replace {shown}"));
@@ -412,6 +353,8 @@ fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
 
     /// A fresh directory with the files `t` ("old") and `other` ("other"), `t` mode 0600.
     fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -452,7 +395,7 @@ mod tests {
             .create_new(true)
             .open(&tmp)
             .unwrap();
-        let mut temp = Temp {
+        let mut temp = TempFile {
             path: tmp.clone(),
             keep: false,
         };

@@ -5,8 +5,9 @@
 //! atomic: a temporary file in the target directory, fsync, rename.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::fs::{self, File, Metadata, OpenOptions, Permissions};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -479,15 +480,76 @@ pub(crate) fn write_zeros<W: Write>(w: &mut W, mut n: u64) -> Result<()> {
     Ok(())
 }
 
-/// Removes the temporary file unless the write completed.
-struct TempFile(Option<PathBuf>);
+/// A new temporary file beside a target (in the same directory, so that a rename onto the
+/// target is atomic), named `.<name>.<random>.tmp`; removed when dropped unless `keep` is set
+/// (the write completed, or the name may have come to hold someone else's file).
+pub(crate) struct TempFile {
+    pub(crate) path: PathBuf,
+    pub(crate) keep: bool,
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = fs::remove_file(p);
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
         }
     }
+}
+
+impl TempFile {
+    /// Creates (exclusively, read-write) a temporary file beside `target` (`shown` in
+    /// messages); returns it, the directory it is in, and the open file.
+    pub(crate) fn beside(target: &Path, shown: &str) -> Result<(TempFile, PathBuf, File)> {
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = target
+            .file_name()
+            .ok_or_else(|| Error::InvalidArgument(format!("{shown} is not a file path")))?
+            .to_string_lossy()
+            .into_owned();
+        let mut rnd = [0u8; 6];
+        crypto::random(&mut rnd)?;
+        let path = dir.join(format!(".{name}.{}.tmp", hex(&rnd)));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(e, format!("cannot create a temporary file next to {shown}")))?;
+        Ok((TempFile { path, keep: false }, dir, file))
+    }
+}
+
+/// Makes renames and unlinks in `dir` durable (best effort: not every file system can).
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Gives `file` (a new file about to replace the one `old` describes) that file's mode and,
+/// where permitted, its owner and group. The owner first: changing it clears the set-user-ID
+/// and set-group-ID bits, which the mode then sets again.
+pub(crate) fn keep_mode_and_owner(file: &File, old: &Metadata) -> io::Result<()> {
+    let now = file.metadata()?;
+    if (now.uid(), now.gid()) != (old.uid(), old.gid()) {
+        let not_permitted =
+            |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL));
+        if let Err(e) = std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid())) {
+            if !not_permitted(&e) {
+                return Err(e);
+            }
+            // Not allowed to give the file away: keep at least the group, if we may.
+            if let Err(e) = std::os::unix::fs::fchown(file, None, Some(old.gid())) {
+                if !not_permitted(&e) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    file.set_permissions(Permissions::from_mode(old.mode() & 0o7777))
 }
 
 /// Replaces `path` atomically with what `fill` writes: a temporary file in the same
@@ -499,28 +561,11 @@ pub fn atomic_replace<T>(
     fill: impl FnOnce(&mut BufWriter<File>) -> Result<T>,
 ) -> Result<T> {
     let shown = path.display().to_string();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{shown} is not a file path")))?
-        .to_string_lossy()
-        .into_owned();
-    let mut rnd = [0u8; 6];
-    crypto::random(&mut rnd)?;
-    let tmp_path = dir.join(format!(".{file_name}.{}.tmp", hex(&rnd)));
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp_path)
-        .map_err(|e| Error::io(e, format!("cannot create a temporary file next to {shown}")))?;
-    let guard = TempFile(Some(tmp_path.clone()));
+    let (mut temp, dir, file) = TempFile::beside(path, &shown)?;
     // Before any byte is written, so that the data is never readable more widely than before.
     if let Ok(old) = fs::metadata(path) {
         if old.is_file() {
-            crate::rekey::keep_mode_and_owner(&file, &old).map_err(|e| {
+            keep_mode_and_owner(&file, &old).map_err(|e| {
                 Error::io(e, format!("cannot set the mode of a file next to {shown}"))
             })?;
         }
@@ -536,12 +581,10 @@ pub fn atomic_replace<T>(
     file.sync_all()
         .map_err(|e| Error::io(e, format!("cannot sync {shown}")))?;
     drop(file);
-    fs::rename(&tmp_path, path).map_err(|e| Error::io(e, format!("cannot replace {shown}")))?;
-    std::mem::forget(guard);
+    fs::rename(&temp.path, path).map_err(|e| Error::io(e, format!("cannot replace {shown}")))?;
+    temp.keep = true;
     // Make the rename itself durable.
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
+    sync_dir(&dir);
     Ok(out)
 }
 

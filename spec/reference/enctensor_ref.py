@@ -1120,6 +1120,22 @@ def chunk_nonce(j: int, m: int) -> bytes:
     return u88be(j) + (b"\x01" if j == m - 1 else b"\x00")
 
 
+def _decrypt_all(parsed: _Parsed, data: bytes, file_key: bytes, check_digests: bool) -> list[Tensor]:
+    """Every tensor of an opened file, decrypted and verified (digests too when
+    ``check_digests``); raises on the first chunk that fails, so nothing is released unless
+    every chunk verifies."""
+    return [
+        Tensor(
+            e.name,
+            e.dtype,
+            e.shape,
+            _open_chunks(parsed, data, file_key, e, 0, e.chunks, check_digests),
+            e.encrypted,
+        )
+        for e in parsed.entries
+    ]
+
+
 def _open_chunks(
     parsed: _Parsed, data: bytes, file_key: bytes, e: _Entry, first: int, stop: int, check_digests: bool
 ) -> bytes:
@@ -1230,16 +1246,7 @@ def read(
     data = bytes(data)
     parsed = _parse(data)  # 1. format failure
     file_key = _open(parsed, key, passphrase, identity, vk, max_scrypt_log_n)  # 2. and 3.
-    tensors = [  # 4. payload failure; nothing is released unless every chunk verifies
-        Tensor(
-            e.name,
-            e.dtype,
-            e.shape,
-            _open_chunks(parsed, data, file_key, e, 0, e.chunks, vk is not None),
-            e.encrypted,
-        )
-        for e in parsed.entries
-    ]
+    tensors = _decrypt_all(parsed, data, file_key, vk is not None)  # 4. payload failure
     return tensors, dict(parsed.metadata)
 
 
@@ -1418,20 +1425,7 @@ def read_sharded(
             raise SetFailure(f"{file}: the index does not map exactly the tensors this shard holds")
         opened.append((file, data, parsed, file_key))
     return [  # 4. payload failure; nothing is released unless every chunk of every shard verifies
-        Shard(
-            file,
-            [
-                Tensor(
-                    e.name,
-                    e.dtype,
-                    e.shape,
-                    _open_chunks(parsed, data, file_key, e, 0, e.chunks, vk is not None),
-                    e.encrypted,
-                )
-                for e in parsed.entries
-            ],
-            dict(parsed.metadata),
-        )
+        Shard(file, _decrypt_all(parsed, data, file_key, vk is not None), dict(parsed.metadata))
         for file, data, parsed, file_key in opened
     ]
 
