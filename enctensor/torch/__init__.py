@@ -26,13 +26,13 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
         "enctensor.torch needs PyTorch, which is not installed: pip install '.[torch]' (from a clone of enctensor)"
     ) from e
 
-from . import _api, _core
-from ._alloc import small_destinations
-from ._api import DEFAULT_MAX_SCRYPT_LOG_N
-from ._dtypes import numpy_dtype
-from ._frameworks import register
-from ._keys import KeyArg, Passphrase, VerifyKey, WriteKey
-from .errors import FormatError
+from .. import _api, _core
+from .._alloc import small_destinations
+from .._api import DEFAULT_MAX_SCRYPT_LOG_N
+from .._dtypes import numpy_dtype
+from .._frameworks import register
+from .._keys import KeyArg, Passphrase, VerifyKey, WriteKey
+from ..errors import FormatError
 
 __all__ = ["load", "load_file", "load_model", "save", "save_file", "save_model"]
 
