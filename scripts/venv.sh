@@ -3,6 +3,24 @@
 # nothing is ever installed into the system interpreter. ENCTENSOR_VENV overrides its place.
 #   source scripts/venv.sh EXTRAS     # e.g. "test,torch,tvm,models" or "" for the bare package
 venv="${ENCTENSOR_VENV:-$PWD/.venv}"
+
+# The Rust core builds BoringSSL (boring-sys): cmake, a C/C++ compiler, and libclang for
+# bindgen. Installed with apt-get on Debian/Ubuntu when missing.
+have_build_deps() {
+  command -v cmake >/dev/null && command -v c++ >/dev/null \
+    && ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1
+}
+if ! have_build_deps; then
+  echo "== installing build requirements: cmake clang libclang-dev (apt-get) =="
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  if ! command -v apt-get >/dev/null; then
+    echo "venv.sh: install cmake, a C/C++ compiler and libclang (for bindgen) first" >&2
+    exit 1
+  fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq cmake clang libclang-dev >/dev/null
+fi
 extras="${1:-}"
 if [ ! -x "$venv/bin/python" ]; then
   echo "== creating the project virtualenv $venv =="

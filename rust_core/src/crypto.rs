@@ -1,13 +1,11 @@
-//! The primitives of the format, all from vetted libraries: AES-256-GCM from ring (its
-//! VAES/AVX2 code where the CPU has it), HKDF and HMAC (constant-time verification) from
+//! The primitives of the format, all from vetted libraries: AES-256-GCM from BoringSSL (its
+//! VAES code where the CPU has it), HKDF and HMAC (constant-time verification) from
 //! aws-lc-rs, BLAKE3 from the `blake3` crate, Ed25519 from ed25519-dalek (in `keys`).
 //! Nothing here is hand-written cryptography: this module only fixes the labels, nonces and
 //! key sizes of `spec/FORMAT.md`.
 
-use std::mem::{ManuallyDrop, MaybeUninit};
-
 use aws_lc_rs::{hkdf, hmac};
-use ring::aead as ring_aead;
+use boring_sys as ffi;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -45,58 +43,163 @@ pub fn random(buf: &mut [u8]) -> Result<()> {
         .map_err(|_| Error::InvalidArgument("the system random generator failed".into()))
 }
 
-/// An AES-256-GCM key (ring: its VAES/AVX2 code runs twice as fast as AWS-LC's AES-NI code
-/// on CPUs without AVX-512, e.g. AMD Zen 3). ring does not wipe its key schedule, so this
-/// type does it on drop.
-pub struct GcmKey(ManuallyDrop<Box<ring_aead::LessSafeKey>>);
+/// An AES-256-GCM key through BoringSSL's `EVP_AEAD` interface (`boring-sys`). Why
+/// BoringSSL: it runs VAES GCM code on 256-bit registers (Zen 3, Intel client CPUs) and on
+/// AVX-512 where present, and unlike ring it decrypts *out of place*, so a chunk can go from a
+/// map of the file straight into its destination in one pass (benches/README.md has the
+/// figures). Boxed so that the expanded key never moves and `Drop` can wipe the only copy.
+pub struct GcmKey {
+    ctx: Box<ffi::EVP_AEAD_CTX>,
+}
+
+// SAFETY: the context is plain data owned by the Box plus a pointer to BoringSSL's static,
+// immutable method table; it has no thread affinity.
+unsafe impl Send for GcmKey {}
+// SAFETY: `&self` methods only pass `const EVP_AEAD_CTX *` to `EVP_AEAD_CTX_open_gather` and
+// `EVP_AEAD_CTX_seal_scatter`, which aead.h documents as callable concurrently on one context
+// (the per-call GCM state is on the C stack). Only `Drop` (with `&mut self`) mutates it.
+unsafe impl Sync for GcmKey {}
 
 impl Drop for GcmKey {
     fn drop(&mut self) {
-        // SAFETY: `self.0` is never used again. `LessSafeKey` holds only plain data (round
-        // keys, GHASH table, a &'static algorithm) and no destructor of its own runs here; its
-        // bytes are overwritten and the allocation is freed as uninitialised memory of the
-        // same layout.
+        let p: *mut ffi::EVP_AEAD_CTX = &mut *self.ctx;
+        // SAFETY: `p` is our boxed context, initialised by `EVP_AEAD_CTX_init` (or all-zero, for
+        // which cleanup is a documented no-op); `&mut self` means no call is running on it. For
+        // AES-GCM cleanup frees nothing and leaves the round keys and GHASH powers in the
+        // struct, so it is wiped with OPENSSL_cleanse (which the compiler cannot elide); all
+        // zeros is again a valid value for the Box to free.
         unsafe {
-            let raw = Box::into_raw(ManuallyDrop::take(&mut self.0));
-            std::ptr::drop_in_place(raw);
-            let bytes = std::slice::from_raw_parts_mut(
-                raw.cast::<MaybeUninit<u8>>(),
-                std::mem::size_of::<ring_aead::LessSafeKey>(),
-            );
-            for b in bytes.iter_mut() {
-                std::ptr::write_volatile(b, MaybeUninit::new(0));
-            }
-            drop(Box::from_raw(
-                raw.cast::<MaybeUninit<ring_aead::LessSafeKey>>(),
-            ));
+            ffi::EVP_AEAD_CTX_cleanup(p);
+            ffi::OPENSSL_cleanse(p.cast(), std::mem::size_of::<ffi::EVP_AEAD_CTX>());
         }
     }
 }
 
-fn ring_nonce(nonce: [u8; 12]) -> ring_aead::Nonce {
-    ring_aead::Nonce::assume_unique_for_key(nonce)
-}
-
 impl GcmKey {
     pub fn new(key: &[u8; KEY_LEN]) -> Self {
-        let unbound =
-            ring_aead::UnboundKey::new(&ring_aead::AES_256_GCM, key).expect("32-byte AES-256 key");
-        GcmKey(ManuallyDrop::new(Box::new(ring_aead::LessSafeKey::new(
-            unbound,
-        ))))
+        // SAFETY: EVP_AEAD_CTX is a C struct of a pointer, a byte union and an integer: all
+        // zeros is the state `EVP_AEAD_CTX_zero` produces.
+        let mut ctx: Box<ffi::EVP_AEAD_CTX> = Box::new(unsafe { std::mem::zeroed() });
+        // SAFETY: `EVP_aead_aes_256_gcm` returns a static table; `ctx` is a valid, exclusively
+        // borrowed context; `key` is 32 readable bytes that BoringSSL expands into `ctx` without
+        // keeping a pointer to them; tag length 16 is the full tag; `impl` must be NULL.
+        let ok = unsafe {
+            ffi::EVP_AEAD_CTX_init(
+                &mut *ctx,
+                ffi::EVP_aead_aes_256_gcm(),
+                key.as_ptr(),
+                KEY_LEN,
+                TAG_LEN,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(ok, 1, "AES-256-GCM accepts every 32-byte key");
+        GcmKey { ctx }
+    }
+
+    /// Seals `len` bytes from `input` to `output` (equal, or not overlapping). Returns the tag.
+    ///
+    /// # Safety
+    /// `input` must be readable and `output` writable for `len` bytes, and they must be the
+    /// same pointer or not overlap.
+    unsafe fn seal_raw(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        input: *const u8,
+        output: *mut u8,
+        len: usize,
+    ) -> [u8; TAG_LEN] {
+        let mut tag = [0u8; TAG_LEN];
+        let mut tag_len = 0usize;
+        // SAFETY: the caller vouches for `input`/`output`; the context is initialised and only
+        // read; `tag` is TAG_LEN writable bytes and `max_out_tag_len` says so; no extra input.
+        // BoringSSL keeps no pointer to any argument.
+        let ok = unsafe {
+            ffi::EVP_AEAD_CTX_seal_scatter(
+                &*self.ctx,
+                output,
+                tag.as_mut_ptr(),
+                &mut tag_len,
+                TAG_LEN,
+                nonce.as_ptr(),
+                nonce.len(),
+                input,
+                len,
+                std::ptr::null(),
+                0,
+                aad.as_ptr(),
+                aad.len(),
+            )
+        };
+        // Sealing fails only for inputs beyond GCM's length limit (64 GiB), far above a chunk.
+        assert!(ok == 1 && tag_len == TAG_LEN, "AES-GCM seal of a chunk");
+        tag
+    }
+
+    /// Opens `len` bytes from `input` into `output` (equal, or not overlapping) and verifies
+    /// `tag` in constant time. On failure `output` is zeroed: no unverified plaintext remains.
+    ///
+    /// # Safety
+    /// As [`GcmKey::seal_raw`].
+    unsafe fn open_raw(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        input: *const u8,
+        output: *mut u8,
+        len: usize,
+        tag: &[u8],
+    ) -> bool {
+        // SAFETY: as in `seal_raw`; `tag` is `tag.len()` readable bytes (a wrong length fails).
+        let ok = unsafe {
+            ffi::EVP_AEAD_CTX_open_gather(
+                &*self.ctx,
+                output,
+                nonce.as_ptr(),
+                nonce.len(),
+                input,
+                len,
+                tag.as_ptr(),
+                tag.len(),
+                aad.as_ptr(),
+                aad.len(),
+            )
+        };
+        if ok == 1 {
+            return true;
+        }
+        // BoringSSL already wipes the output on failure; do not rest the guarantee on that.
+        // SAFETY: the caller vouches that `output` is writable for `len` bytes.
+        unsafe {
+            std::ptr::write_bytes(output, 0, len);
+            ffi::ERR_clear_error();
+        }
+        false
     }
 
     /// Encrypts `in_out` in place and returns the detached tag.
     pub fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; TAG_LEN] {
-        let tag = self
-            .0
-            .seal_in_place_separate_tag(ring_nonce(nonce), ring_aead::Aad::from(aad), in_out)
-            .expect("AES-GCM seal of a chunk below the GCM length limit");
-        tag.as_ref().try_into().expect("16-byte tag")
+        let p = in_out.as_mut_ptr();
+        // SAFETY: one exclusively borrowed buffer as both input and output (in == out).
+        unsafe { self.seal_raw(nonce, aad, p, p, in_out.len()) }
     }
 
-    /// Decrypts `in_out` in place and verifies `tag` (constant time, inside ring). Returns
-    /// false on a bad tag; `in_out` then holds no plaintext worth using.
+    /// Encrypts `plaintext` into `out` (same length) and returns the detached tag.
+    pub fn seal_into(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        assert_eq!(plaintext.len(), out.len(), "seal_into: equal lengths");
+        // SAFETY: `out` is an exclusive borrow, so it does not overlap `plaintext`.
+        unsafe { self.seal_raw(nonce, aad, plaintext.as_ptr(), out.as_mut_ptr(), out.len()) }
+    }
+
+    /// Decrypts `in_out` in place and verifies `tag` (constant time). Returns false on a bad
+    /// tag; `in_out` is then zeroed.
     #[must_use]
     pub fn open_in_place(
         &self,
@@ -105,22 +208,17 @@ impl GcmKey {
         tag: &[u8],
         in_out: &mut [u8],
     ) -> bool {
-        let Ok(tag) = ring_aead::Tag::try_from(tag) else {
-            return false;
-        };
-        self.0
-            .open_in_place_separate_tag(
-                ring_nonce(nonce),
-                ring_aead::Aad::from(aad),
-                tag,
-                in_out,
-                0..,
-            )
-            .is_ok()
+        let p = in_out.as_mut_ptr();
+        // SAFETY: one exclusively borrowed buffer as both input and output (in == out).
+        unsafe { self.open_raw(nonce, aad, p, p, in_out.len(), tag) }
     }
 
-    /// Decrypts `ciphertext` into `out` (same length) and verifies `tag` in constant time.
-    /// Returns false on a bad tag; `out` then holds no plaintext worth using.
+    /// Decrypts `ciphertext` into `out` (same length) in one pass and verifies `tag` in
+    /// constant time. Returns false on a bad tag or a length mismatch; `out` is then zeroed.
+    ///
+    /// The GCM code reads each ciphertext block twice (for GHASH and for the XOR): callers
+    /// must not pass bytes that another process can change during the call (see
+    /// `reader::ReadLease`).
     #[must_use]
     pub fn open_into(
         &self,
@@ -131,10 +229,20 @@ impl GcmKey {
         out: &mut [u8],
     ) -> bool {
         if ciphertext.len() != out.len() {
+            out.fill(0);
             return false;
         }
-        out.copy_from_slice(ciphertext);
-        self.open_in_place(nonce, aad, tag, out)
+        // SAFETY: `out` is an exclusive borrow, so it does not overlap `ciphertext`.
+        unsafe {
+            self.open_raw(
+                nonce,
+                aad,
+                ciphertext.as_ptr(),
+                out.as_mut_ptr(),
+                out.len(),
+                tag,
+            )
+        }
     }
 
     /// Verifies a GMAC tag over `data` (AES-GCM with empty plaintext, `data` as associated data).

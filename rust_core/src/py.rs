@@ -540,6 +540,23 @@ fn rekey(
     })
 }
 
+/// Sets how tensor bytes are read, for benchmarks: "onepass" (straight out of the map under a
+/// read lease, the default) or "copy" (`pread` into the destination, then decrypt there).
+#[pyfunction]
+fn _set_read_mode(mode: &str) -> PyResult<()> {
+    let mode = match mode {
+        "onepass" => crate::lease::ReadMode::OnePass,
+        "copy" => crate::lease::ReadMode::Copy,
+        _ => {
+            return Err(PyValueError::new_err(
+                "read mode must be \"onepass\" or \"copy\"",
+            ))
+        }
+    };
+    crate::lease::set_preferred(mode);
+    Ok(())
+}
+
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -550,5 +567,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_file, m)?)?;
     m.add_function(wrap_pyfunction!(write_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(rekey, m)?)?;
+    m.add_function(wrap_pyfunction!(_set_read_mode, m)?)?;
     Ok(())
 }

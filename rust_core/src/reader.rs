@@ -1,7 +1,10 @@
 //! Opening a file: map it, validate the header, unwrap the file key, verify the header MAC
-//! (and, with a verification key, the publisher signature), then read chunks with `pread`
-//! straight into caller-provided buffers and check (BLAKE3 digest, with a verification key),
-//! decrypt and verify them there while they are in cache, on all cores.
+//! (and, with a verification key, the publisher signature), then decrypt and verify chunks
+//! on all cores straight into caller-provided buffers: in one pass out of the map while a read
+//! lease guarantees that nobody writes the file (`lease`), else through a private copy
+//! (`pread` into the destination, then decrypt there while it is in cache). With a
+//! verification key, each chunk's stored bytes are copied first and checked against the
+//! signed BLAKE3 digest table before they are decrypted.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -16,16 +19,17 @@ use crate::crypto::{self, GcmKey, SecretKey};
 use crate::error::{Error, Result};
 use crate::header::{self, Header, TensorInfo, DIGEST_LEN, MAC_LEN, PAGE, TAG_LEN};
 use crate::keys::{self, open_stanzas, signed_message, verify_strict, Credential};
+use crate::lease::{Lease, ReadMode};
 use crate::sigbus::{self, Guard};
 
 pub use crate::keys::DEFAULT_MAX_SCRYPT_LOG_N;
 
-/// A read-only map (header and tag table; tensor bytes are read with `pread`), registered
-/// with the SIGBUS guard. Field order matters: the guard is dropped (unregistered) before the
-/// map is unmapped.
+/// A read-only map, registered with the SIGBUS guard. Field order matters: the guard is
+/// dropped (unregistered) before the map is unmapped, and the lease before the file closes.
 struct Mapped {
     guard: Guard,
     map: Mmap,
+    lease: Lease,
     /// Kept to notice a truncation that SIGBUS cannot show (within the last mapped page).
     file: File,
 }
@@ -53,10 +57,28 @@ impl Source {
         }
     }
 
-    /// Makes sure the SIGBUS guard is the installed handler before a read of the map.
-    fn guard_reads(&self) {
-        if matches!(self, Source::Map(_)) {
-            sigbus::refresh();
+    /// Starts a read of tensor bytes: makes sure the SIGBUS guard is the installed handler,
+    /// and says whether chunks may be decrypted straight out of these bytes. A buffer the
+    /// caller handed over is private to this process; a map only under a read lease.
+    fn begin_read(&self) -> ReadMode {
+        match self {
+            Source::Owned(_) => ReadMode::OnePass,
+            Source::Map(m) => {
+                sigbus::refresh();
+                if m.guard.protected() {
+                    m.lease.begin()
+                } else {
+                    ReadMode::Copy
+                }
+            }
+        }
+    }
+
+    /// Ends a read begun with `mode`; false if it must be done again through the private copy.
+    fn end_read(&self, mode: ReadMode) -> bool {
+        match self {
+            Source::Map(m) => m.lease.end(mode),
+            Source::Owned(_) => true,
         }
     }
 
@@ -97,7 +119,13 @@ fn map_open_file(file: File, shown: &str) -> Result<Source> {
     // SAFETY: a valid open descriptor; the advice is only a hint.
     unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
     let guard = Guard::register(map.as_ptr(), map.len());
-    Ok(Source::Map(Mapped { guard, map, file }))
+    let lease = Lease::new(&file);
+    Ok(Source::Map(Mapped {
+        guard,
+        map,
+        lease,
+        file,
+    }))
 }
 
 /// Parses a file without a key (`inspect`).
@@ -378,12 +406,31 @@ impl Reader {
         }
     }
 
-    /// Verifies chunk `j` of tensor `t` and writes its plaintext to `out` (the chunk's length):
-    /// the stored bytes are copied into `out`, checked against the signed digest table (with
-    /// a verification key) and decrypted there while they are still in cache.
-    fn open_chunk(&self, t: &TensorInfo, key: &GcmKey, j: u64, out: &mut [u8]) -> Result<()> {
-        self.fetch(self.chunk_offset(t, j), out)?;
+    /// Verifies chunk `j` of tensor `t` and writes its plaintext to `out` (the chunk's length).
+    /// `OnePass`: decrypted out of the source in one pass. Otherwise, and always with a
+    /// verification key, the stored bytes are copied into `out`, checked against the signed
+    /// digest table (with a verification key) and decrypted there while still in cache.
+    fn open_chunk(
+        &self,
+        t: &TensorInfo,
+        key: &GcmKey,
+        j: u64,
+        out: &mut [u8],
+        mode: ReadMode,
+    ) -> Result<()> {
+        let at = self.chunk_offset(t, j);
         let bytes = self.bytes();
+        let tag_at = (self.header.tags_offset() + (t.first_tag + j) * TAG_LEN) as usize;
+        let tag = &bytes[tag_at..tag_at + TAG_LEN as usize];
+        let nonce = crypto::chunk_nonce(j, t.n_chunks);
+        if mode == ReadMode::OnePass && t.encrypted && !self.check_digests {
+            return if key.open_into(nonce, b"", &bytes[at..at + out.len()], tag, out) {
+                Ok(())
+            } else {
+                Err(self.chunk_failed(t, j))
+            };
+        }
+        self.fetch(at, out)?;
         if self.check_digests {
             let at = (self.header.digests_offset() + (t.first_tag + j) * DIGEST_LEN) as usize;
             let want = &bytes[at..at + DIGEST_LEN as usize];
@@ -396,9 +443,6 @@ impl Reader {
                 )));
             }
         }
-        let tag_at = (self.header.tags_offset() + (t.first_tag + j) * TAG_LEN) as usize;
-        let tag = &bytes[tag_at..tag_at + TAG_LEN as usize];
-        let nonce = crypto::chunk_nonce(j, t.n_chunks);
         let ok = if t.encrypted {
             key.open_in_place(nonce, b"", tag, out)
         } else {
@@ -407,11 +451,28 @@ impl Reader {
         if ok {
             Ok(())
         } else {
-            Err(Error::Integrity(format!(
-                "{}: tensor {:?}: chunk {j} of {} failed authentication: the file was modified or \
-                 corrupted",
-                self.name, t.name, t.n_chunks
-            )))
+            Err(self.chunk_failed(t, j))
+        }
+    }
+
+    #[cold]
+    fn chunk_failed(&self, t: &TensorInfo, j: u64) -> Error {
+        Error::Integrity(format!(
+            "{}: tensor {:?}: chunk {j} of {} failed authentication: the file was modified or \
+             corrupted",
+            self.name, t.name, t.n_chunks
+        ))
+    }
+
+    /// Runs `read` in the mode the source allows, and once more through the private copy if
+    /// the read lease may have lapsed meanwhile.
+    fn with_mode(&self, mut read: impl FnMut(ReadMode) -> Result<()>) -> Result<()> {
+        let mode = self.src.begin_read();
+        let result = read(mode);
+        if self.src.end_read(mode) {
+            result
+        } else {
+            read(ReadMode::Copy)
         }
     }
 
@@ -420,15 +481,14 @@ impl Reader {
         (self.header.data_offset + t.begin + j * self.header.chunk_size) as usize
     }
 
-    fn run(&self, keys: &[GcmKey], mut work: Vec<Work<'_>>) -> Result<()> {
-        self.src.guard_reads();
+    fn run(&self, keys: &[GcmKey], mut work: Vec<Work<'_>>, mode: ReadMode) -> Result<()> {
         // File order: the threads read two runs of the file front to back, which read-ahead
         // follows.
         let offset = |w: &Work<'_>| self.chunk_offset(&self.header.tensors[w.tensor], w.chunk);
         work.sort_by_key(|w| offset(w));
         let open = |w: Work<'_>| {
             let t = &self.header.tensors[w.tensor];
-            self.open_chunk(t, &keys[w.key], w.chunk, w.out)
+            self.open_chunk(t, &keys[w.key], w.chunk, w.out, mode)
         };
         let total: usize = work.iter().map(|w| w.out.len()).sum();
         let result = try_each(work, total, open);
@@ -453,6 +513,17 @@ impl Reader {
             .par_iter()
             .map(|(idx, _)| crypto::tensor_key(&self.file_key, &self.header.tensors[*idx].name))
             .collect();
+        let result = self.with_mode(|mode| self.run(&keys, self.work(&mut *jobs), mode));
+        if result.is_err() {
+            for (_, out) in jobs.iter_mut() {
+                out.fill(0);
+            }
+        }
+        result
+    }
+
+    /// The chunks of `jobs`, each with its slice of the destination.
+    fn work<'a>(&self, jobs: &'a mut [(usize, &mut [u8])]) -> Vec<Work<'a>> {
         let cs = self.header.chunk_size as usize;
         let mut work = Vec::new();
         for (k, (idx, out)) in jobs.iter_mut().enumerate() {
@@ -473,13 +544,7 @@ impl Reader {
                 });
             }
         }
-        let result = self.run(&keys, work);
-        if result.is_err() {
-            for (_, out) in jobs.iter_mut() {
-                out.fill(0);
-            }
-        }
-        result
+        work
     }
 
     pub fn read_into(&self, idx: usize, out: &mut [u8]) -> Result<()> {
@@ -489,7 +554,6 @@ impl Reader {
     /// Decrypts bytes `[start, start + out.len())` of a tensor, verifying every chunk that
     /// covers them (and only those).
     pub fn read_range_into(&self, idx: usize, start: u64, out: &mut [u8]) -> Result<()> {
-        self.src.guard_reads();
         let t = self.tensor(idx)?;
         let end = start
             .checked_add(out.len() as u64)
@@ -506,29 +570,32 @@ impl Reader {
         }
         let key = crypto::tensor_key(&self.file_key, &t.name);
         let cs = self.header.chunk_size;
-        let mut pieces = Vec::new();
-        let mut rest = &mut out[..];
-        let mut pos = start;
-        while pos < end {
-            let j = pos / cs;
-            let take = ((j + 1) * cs).min(end) - pos;
-            let (piece, tail) = rest.split_at_mut(take as usize);
-            pieces.push((j, (pos - j * cs) as usize, piece));
-            rest = tail;
-            pos += take;
-        }
-        let open = |(j, skip, piece): (u64, usize, &mut [u8])| -> Result<()> {
-            let n = self.chunk_len(t, j);
-            if skip == 0 && piece.len() == n {
-                return self.open_chunk(t, &key, j, piece);
+        let read = |mode: ReadMode, out: &mut [u8]| -> Result<()> {
+            let mut pieces = Vec::new();
+            let mut rest = out;
+            let mut pos = start;
+            while pos < end {
+                let j = pos / cs;
+                let take = ((j + 1) * cs).min(end) - pos;
+                let (piece, tail) = rest.split_at_mut(take as usize);
+                pieces.push((j, (pos - j * cs) as usize, piece));
+                rest = tail;
+                pos += take;
             }
-            // Wiped when dropped: the rest of the chunk was not asked for.
-            let mut scratch = Zeroizing::new(vec![0u8; n]);
-            self.open_chunk(t, &key, j, &mut scratch)?;
-            piece.copy_from_slice(&scratch[skip..skip + piece.len()]);
-            Ok(())
+            let open = |(j, skip, piece): (u64, usize, &mut [u8])| -> Result<()> {
+                let n = self.chunk_len(t, j);
+                if skip == 0 && piece.len() == n {
+                    return self.open_chunk(t, &key, j, piece, mode);
+                }
+                // Wiped when dropped: the rest of the chunk was not asked for.
+                let mut scratch = Zeroizing::new(vec![0u8; n]);
+                self.open_chunk(t, &key, j, &mut scratch, mode)?;
+                piece.copy_from_slice(&scratch[skip..skip + piece.len()]);
+                Ok(())
+            };
+            try_each(pieces, (end - start) as usize, open)
         };
-        let result = try_each(pieces, (end - start) as usize, open);
+        let result = self.with_mode(|mode| read(mode, &mut *out));
         let result = self.src.check_intact(&self.name).and(result);
         if result.is_err() {
             out.fill(0);
@@ -538,7 +605,6 @@ impl Reader {
 
     /// Verifies every chunk of every tensor, holding at most one chunk per thread.
     pub fn verify_all(&self) -> Result<()> {
-        self.src.guard_reads();
         let work: Vec<(usize, u64)> = self
             .header
             .tensors
@@ -555,14 +621,16 @@ impl Reader {
         let cs = self.header.chunk_size as usize;
         // The scratch holds plaintext: wiped when dropped. Its capacity is a whole chunk from
         // the start, so `resize` never reallocates (which would leave an unwiped copy).
-        let result = work.into_par_iter().try_for_each_init(
-            || Zeroizing::new(Vec::with_capacity(cs)),
-            |scratch, (i, j)| {
-                let t = &self.header.tensors[i];
-                scratch.resize(self.chunk_len(t, j), 0);
-                self.open_chunk(t, &keys[i], j, scratch)
-            },
-        );
+        let result = self.with_mode(|mode| {
+            work.par_iter().try_for_each_init(
+                || Zeroizing::new(Vec::with_capacity(cs)),
+                |scratch, &(i, j)| {
+                    let t = &self.header.tensors[i];
+                    scratch.resize(self.chunk_len(t, j), 0);
+                    self.open_chunk(t, &keys[i], j, scratch, mode)
+                },
+            )
+        });
         self.src.check_intact(&self.name).and(result)
     }
 

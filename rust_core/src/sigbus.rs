@@ -142,6 +142,11 @@ impl Guard {
         Guard { slot: None }
     }
 
+    /// True if the mapping is registered (a read past the end of the file is caught).
+    pub fn protected(&self) -> bool {
+        self.slot.is_some()
+    }
+
     /// True once a read of the mapping hit a page past the end of the file.
     pub fn truncated(&self) -> bool {
         self.slot.is_some_and(|i| HIT[i].load(Ordering::Acquire))

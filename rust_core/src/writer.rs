@@ -444,11 +444,12 @@ fn encrypt_and_write<'a, W: Write + Send>(
                         src,
                         encrypted,
                     } => {
-                        slot.copy_from_slice(src);
                         let key = &keys[*tensor];
+                        // One pass: read the source once, write the ciphertext once.
                         let tag = if *encrypted {
-                            key.seal(*nonce, b"", slot)
+                            key.seal_into(*nonce, b"", src, slot)
                         } else {
+                            slot.copy_from_slice(src);
                             key.gmac(*nonce, slot)
                         };
                         let digest = digests.then(|| *crypto::chunk_digest(slot).as_bytes());
