@@ -19,6 +19,8 @@ pub enum Error {
     InvalidArgument(String),
     /// An operating-system error, with the path or action it concerns.
     Io(std::io::Error, String),
+    /// The caller asked the operation to stop (Ctrl-C); nothing was written.
+    Interrupted,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,6 +49,7 @@ impl Error {
             Error::Signature(m) => Error::Signature(format!("{ctx}: {m}")),
             Error::InvalidArgument(m) => Error::InvalidArgument(format!("{ctx}: {m}")),
             Error::Io(e, m) => Error::Io(e, format!("{ctx}: {m}")),
+            Error::Interrupted => Error::Interrupted,
         }
     }
 }
@@ -60,6 +63,7 @@ impl fmt::Display for Error {
             Error::Integrity(m) | Error::Signature(m) => write!(f, "{m}"),
             Error::InvalidArgument(m) => write!(f, "{m}"),
             Error::Io(e, m) => write!(f, "{m}: {e}"),
+            Error::Interrupted => write!(f, "interrupted"),
         }
     }
 }

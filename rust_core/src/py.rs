@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -37,8 +37,25 @@ impl From<Error> for PyErr {
                 Some(errno) => PyOSError::new_err((errno, msg)),
                 None => PyOSError::new_err(msg),
             },
+            Error::Interrupted => PyKeyboardInterrupt::new_err(()),
         }
     }
+}
+
+/// Between batches of a write, with the GIL released: takes it back for a moment to run
+/// Python's signal handlers, so that Ctrl-C (or a SIGTERM handler the program set) stops a
+/// long write within milliseconds; the exception a handler raised is kept in `raised` and
+/// raised once the write has cleaned up. Only the main thread runs handlers.
+fn signal_raised(raised: &std::sync::Mutex<Option<PyErr>>) -> bool {
+    Python::attach(|py| match py.check_signals() {
+        Ok(()) => false,
+        Err(e) => {
+            if let Ok(mut slot) = raised.lock() {
+                *slot = Some(e);
+            }
+            true
+        }
+    })
 }
 
 /// Exactly one of the ways to open a file.
@@ -474,8 +491,18 @@ fn write_file(
         keys, passphrase, x25519, rsa_spki, sign_seed, log_n, chunk_size,
     )?;
     let prep = prepare(tensors, metadata, t)?;
-    let n = py.detach(|| writer::write_file_atomic(&path, &prep.sources(), &prep.opts))?;
-    Ok(n)
+    let raised = std::sync::Mutex::new(None);
+    let stop = || signal_raised(&raised);
+    let written =
+        py.detach(|| writer::write_file_atomic_until(&path, &prep.sources(), &prep.opts, &stop));
+    match written {
+        Err(Error::Interrupted) => Err(raised
+            .into_inner()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| PyKeyboardInterrupt::new_err(()))),
+        other => Ok(other?),
+    }
 }
 
 /// Like `write_file`, returning the file as `bytes`.

@@ -241,11 +241,25 @@ fn io_err(e: std::io::Error) -> Error {
     Error::io(e, "write failed")
 }
 
+/// Asked between batches of a write (every few milliseconds): true stops the write with
+/// [`Error::Interrupted`] (the Python bindings check for Ctrl-C here).
+pub type Stop<'a> = &'a (dyn Fn() -> bool + Sync);
+
 /// Writes a complete file to `w` and returns the number of bytes written.
 pub fn write_to<W: Write + Seek + Send>(
     w: &mut W,
     tensors: &[TensorSource],
     opts: &WriteOptions,
+) -> Result<u64> {
+    write_to_until(w, tensors, opts, &|| false)
+}
+
+/// [`write_to`], stopping early when `stop` says so.
+pub fn write_to_until<W: Write + Seek + Send>(
+    w: &mut W,
+    tensors: &[TensorSource],
+    opts: &WriteOptions,
+    stop: Stop<'_>,
 ) -> Result<u64> {
     check_inputs(tensors, opts)?;
     let mut file_key: SecretKey = Zeroizing::new([0u8; KEY_LEN]);
@@ -302,7 +316,7 @@ pub fn write_to<W: Write + Seek + Send>(
         .map(|t| crypto::tensor_key(&file_key, &t.name))
         .collect();
     let segments = segments(tensors, &begins, &chunks, opts.chunk_size as usize);
-    let (tags, digests) = encrypt_and_write(w, segments, &keys, signing)?;
+    let (tags, digests) = encrypt_and_write(w, segments, &keys, signing, stop)?;
     let pos = tensors
         .last()
         .map_or(0, |t| begins[begins.len() - 1] + t.data.len() as u64);
@@ -395,6 +409,7 @@ fn encrypt_and_write<'a, W: Write + Send>(
     segments: impl Iterator<Item = Segment<'a>>,
     keys: &[GcmKey],
     digests: bool,
+    stop: Stop<'_>,
 ) -> Result<Tables> {
     // A rendezvous channel: at most two batches exist, one being written and one being filled.
     let (to_writer, from_producer) = std::sync::mpsc::sync_channel::<Vec<u8>>(0);
@@ -411,6 +426,11 @@ fn encrypt_and_write<'a, W: Write + Send>(
         let mut sums = Vec::new();
         let mut segments = segments.peekable();
         while segments.peek().is_some() {
+            if stop() {
+                drop(to_writer);
+                let _ = writer.join();
+                return Err(Error::Interrupted);
+            }
             let mut batch = Vec::new();
             let mut len = 0usize;
             while let Some(seg) =
@@ -482,8 +502,10 @@ pub(crate) fn write_zeros<W: Write>(w: &mut W, mut n: u64) -> Result<()> {
 }
 
 /// A new temporary file beside a target (in the same directory, so that a rename onto the
-/// target is atomic), named `.<name>.<random>.tmp`; removed when dropped unless `keep` is set
-/// (the write completed, or the name may have come to hold someone else's file).
+/// target is atomic), named `.<name>.<pid>-<random>.tmp`; removed when dropped unless `keep`
+/// is set (the write completed, or the name may have come to hold someone else's file). A
+/// process killed outright (SIGKILL, power loss) cannot remove its own: the next write to the
+/// same target removes those whose process is gone.
 pub(crate) struct TempFile {
     pub(crate) path: PathBuf,
     pub(crate) keep: bool,
@@ -510,9 +532,11 @@ impl TempFile {
             .ok_or_else(|| Error::InvalidArgument(format!("{shown} is not a file path")))?
             .to_string_lossy()
             .into_owned();
+        remove_stale_temps(&dir, &name);
         let mut rnd = [0u8; 6];
         crypto::random(&mut rnd)?;
-        let path = dir.join(format!(".{name}.{}.tmp", hex(&rnd)));
+        let pid = std::process::id();
+        let path = dir.join(format!(".{name}.{pid}-{}.tmp", hex(&rnd)));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -520,6 +544,43 @@ impl TempFile {
             .open(&path)
             .map_err(|e| Error::io(e, format!("cannot create a temporary file next to {shown}")))?;
         Ok((TempFile { path, keep: false }, dir, file))
+    }
+}
+
+/// Removes the temporary files that earlier writes to `dir/name` left behind when their
+/// process died (its pid, in the name, no longer exists). Best effort: a pid reused since
+/// keeps its file, which the next write after that process ends removes.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let Some((pid, random)) = rest.split_once('-') else {
+            continue;
+        };
+        let well_formed = random.len() == 12 && random.bytes().all(|b| b.is_ascii_hexdigit());
+        let Ok(pid) = pid.parse::<libc::pid_t>() else {
+            continue;
+        };
+        if !well_formed || pid <= 0 || pid as u32 == std::process::id() {
+            continue;
+        }
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if gone && is_file {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -595,6 +656,16 @@ pub fn write_file_atomic(
     tensors: &[TensorSource],
     opts: &WriteOptions,
 ) -> Result<u64> {
+    write_file_atomic_until(path, tensors, opts, &|| false)
+}
+
+/// [`write_file_atomic`], stopping early (and leaving `path` as it was) when `stop` says so.
+pub fn write_file_atomic_until(
+    path: &Path,
+    tensors: &[TensorSource],
+    opts: &WriteOptions,
+    stop: Stop<'_>,
+) -> Result<u64> {
     check_inputs(tensors, opts)?;
-    atomic_replace(path, |w| write_to(w, tensors, opts))
+    atomic_replace(path, |w| write_to_until(w, tensors, opts, stop))
 }
