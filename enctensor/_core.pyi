@@ -10,9 +10,12 @@ __all__ = [
     "FORMAT_VERSION",
     "Reader",
     "__version__",
+    "_set_read_mode",
     "inspect_bytes",
     "inspect_file",
+    "recipient_fingerprint",
     "rekey",
+    "stanzas_of",
     "write_bytes",
     "write_file",
 ]
@@ -78,6 +81,7 @@ def write_file(
     sign_seed: bytes | None = None,
     log_n: int = 18,
     chunk_size: int = 262144,
+    fingerprints: bool = False,
 ) -> int: ...
 def write_bytes(
     tensors: Sequence[_TensorIn],
@@ -90,6 +94,7 @@ def write_bytes(
     sign_seed: bytes | None = None,
     log_n: int = 18,
     chunk_size: int = 262144,
+    fingerprints: bool = False,
 ) -> bytes: ...
 def rekey(
     path: str | PathLike[str],
@@ -103,7 +108,26 @@ def rekey(
     new_passphrase: str | None = None,
     new_x25519: Sequence[bytes] | None = None,
     new_rsa_spki: Sequence[bytes] | None = None,
+    keep: bool = False,
+    remove_stanzas: Sequence[int] | None = None,
+    remove_keys: Sequence[bytes] | None = None,
+    remove_x25519_identities: Sequence[bytes] | None = None,
+    remove_rsa_pkcs8: Sequence[bytes] | None = None,
+    remove_x25519: Sequence[bytes] | None = None,
+    remove_rsa_spki: Sequence[bytes] | None = None,
+    remove_passphrase: bool = False,
+    fingerprints: bool = False,
     log_n: int = 18,
     max_scrypt_log_n: int = 18,
 ) -> str: ...
+def stanzas_of(
+    path: str | PathLike[str],
+    *,
+    key: bytes | None = None,
+    x25519: bytes | None = None,
+    rsa_pkcs8: bytes | None = None,
+) -> list[int]: ...
+def recipient_fingerprint(
+    *, key: bytes | None = None, x25519: bytes | None = None, rsa_spki: bytes | None = None
+) -> bytes: ...
 def _set_read_mode(mode: str) -> None: ...

@@ -57,6 +57,20 @@ pub const MIN_RSA_BODY: usize = 256;
 pub const MAX_RSA_BODY: usize = 512;
 pub const MIN_LOG_N: u64 = 10;
 pub const MAX_LOG_N: u64 = 20;
+/// The optional `fingerprint` member of a `key`, `x25519` or `rsa-oaep` stanza: 16 bytes
+/// (`spec/FORMAT.md`, "Recipient fingerprints").
+pub const FINGERPRINT_LEN: usize = 16;
+pub const FINGERPRINT_MEMBER: &str = "fingerprint";
+
+/// A recipient fingerprint: an unauthenticated label saying whose stanza it is.
+pub type Fingerprint = [u8; FINGERPRINT_LEN];
+
+/// A member value of a stanza of an unknown type (the format allows only these two).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Member {
+    Str(String),
+    Int(u64),
+}
 
 /// A way to open the file: it wraps the file key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +78,10 @@ pub enum Stanza {
     Key {
         salt: [u8; SALT_LEN],
         body: [u8; BODY_LEN],
+        fingerprint: Option<Fingerprint>,
     },
+    /// A passphrase stanza never has a fingerprint: one derived from the passphrase would test
+    /// guesses without scrypt.
     Scrypt {
         salt: [u8; SALT_LEN],
         log_n: u8,
@@ -73,13 +90,17 @@ pub enum Stanza {
     X25519 {
         share: [u8; X25519_LEN],
         body: [u8; BODY_LEN],
+        fingerprint: Option<Fingerprint>,
     },
     RsaOaep {
         body: Vec<u8>,
+        fingerprint: Option<Fingerprint>,
     },
-    /// A stanza type this reader does not know; kept so `inspect` can list it.
+    /// A stanza type this reader does not know: never opened, but kept whole (every member,
+    /// `type` included, in order) so that `inspect` can list it and a re-key keeps it.
     Unknown {
         kind: String,
+        members: Vec<(String, Member)>,
     },
 }
 
@@ -90,7 +111,17 @@ impl Stanza {
             Stanza::Scrypt { .. } => "scrypt",
             Stanza::X25519 { .. } => "x25519",
             Stanza::RsaOaep { .. } => "rsa-oaep",
-            Stanza::Unknown { kind } => kind,
+            Stanza::Unknown { kind, .. } => kind,
+        }
+    }
+
+    /// The recipient fingerprint the stanza carries, if any.
+    pub fn fingerprint(&self) -> Option<&Fingerprint> {
+        match self {
+            Stanza::Key { fingerprint, .. }
+            | Stanza::X25519 { fingerprint, .. }
+            | Stanza::RsaOaep { fingerprint, .. } => fingerprint.as_ref(),
+            Stanza::Scrypt { .. } | Stanza::Unknown { .. } => None,
         }
     }
 }
@@ -265,8 +296,19 @@ fn exact_members<'a, const N: usize>(
     names: [&str; N],
     what: impl Display,
 ) -> Result<[&'a Json; N]> {
+    members_of(members, names, &[], what)
+}
+
+/// Checks that `members` are `names` (all required, any order) and some of `optional`, and
+/// returns the required ones in `names` order.
+fn members_of<'a, const N: usize>(
+    members: &'a [(String, Json)],
+    names: [&str; N],
+    optional: &[&str],
+    what: impl Display,
+) -> Result<[&'a Json; N]> {
     for (k, _) in members {
-        if !names.contains(&k.as_str()) {
+        if !names.contains(&k.as_str()) && !optional.contains(&k.as_str()) {
             return fail(format!("{what} has an unknown member {k:?}"));
         }
     }
@@ -379,15 +421,23 @@ fn parse_stanza(v: &Json, i: usize) -> Result<Stanza> {
         Some((_, t)) => as_str(t, format!("{what} type"))?,
         None => return fail(format!("{what} has no \"type\"")),
     };
+    const FP: &[&str] = &[FINGERPRINT_MEMBER];
     match kind {
         "key" => {
-            let [_, salt, body] = exact_members(members, ["type", "salt", "body"], &what)?;
+            let [_, salt, body] = members_of(members, ["type", "salt", "body"], FP, &what)?;
             Ok(Stanza::Key {
                 salt: hex_exact(salt, &format!("{what} salt"))?,
                 body: hex_exact(body, &format!("{what} body"))?,
+                fingerprint: fingerprint_member(members, &what)?,
             })
         }
         "scrypt" => {
+            if members.iter().any(|(k, _)| k == FINGERPRINT_MEMBER) {
+                return fail(format!(
+                    "{what}: a passphrase (scrypt) stanza cannot have a fingerprint (one derived \
+                     from the passphrase would test guesses without scrypt)"
+                ));
+            }
             let [_, salt, log_n, body] =
                 exact_members(members, ["type", "salt", "log_n", "body"], &what)?;
             let log_n = as_int(log_n, format!("{what} log_n"))?;
@@ -404,14 +454,15 @@ fn parse_stanza(v: &Json, i: usize) -> Result<Stanza> {
             })
         }
         "x25519" => {
-            let [_, share, body] = exact_members(members, ["type", "share", "body"], &what)?;
+            let [_, share, body] = members_of(members, ["type", "share", "body"], FP, &what)?;
             Ok(Stanza::X25519 {
                 share: hex_exact(share, &format!("{what} share"))?,
                 body: hex_exact(body, &format!("{what} body"))?,
+                fingerprint: fingerprint_member(members, &what)?,
             })
         }
         "rsa-oaep" => {
-            let [_, body] = exact_members(members, ["type", "body"], &what)?;
+            let [_, body] = members_of(members, ["type", "body"], FP, &what)?;
             let body = hex_any(body, &format!("{what} body"))?;
             if !(MIN_RSA_BODY..=MAX_RSA_BODY).contains(&body.len()) {
                 return fail(format!(
@@ -420,12 +471,36 @@ fn parse_stanza(v: &Json, i: usize) -> Result<Stanza> {
                     body.len()
                 ));
             }
-            Ok(Stanza::RsaOaep { body })
+            Ok(Stanza::RsaOaep {
+                body,
+                fingerprint: fingerprint_member(members, &what)?,
+            })
         }
         other => Ok(Stanza::Unknown {
             kind: other.to_owned(),
+            members: members
+                .iter()
+                .map(|(k, v)| {
+                    let value = match v {
+                        Json::Str(s) => Member::Str(s.clone()),
+                        Json::Int(n) => Member::Int(*n),
+                        // Checked above: members are strings or integers.
+                        other => return fail(format!("{what} member {k:?} is {}", other.kind())),
+                    };
+                    Ok((k.clone(), value))
+                })
+                .collect::<Result<_>>()?,
         }),
     }
+}
+
+/// The optional `fingerprint` member: exactly 16 bytes of lowercase hex when present.
+fn fingerprint_member(members: &[(String, Json)], what: &str) -> Result<Option<Fingerprint>> {
+    members
+        .iter()
+        .find(|(k, _)| k == FINGERPRINT_MEMBER)
+        .map(|(_, v)| hex_exact(v, &format!("{what} fingerprint")))
+        .transpose()
 }
 
 /// The canonical stanza area length for `json_len` bytes of stanza-area JSON (without the
@@ -1076,5 +1151,79 @@ mod tests {
         assert!(check(newline).is_err());
         let many = vec![key.clone(); 257].join(",");
         assert!(matches!(check(area(&many)), Err(Error::Format(_))));
+    }
+
+    #[test]
+    fn fingerprint_members_are_optional_checked_and_kept() {
+        let salt = "00".repeat(16);
+        let body = "ab".repeat(80);
+        let fp = "0f".repeat(16);
+        let area = |stanzas: &str| canonical(&format!(r#"{{"stanzas":[{stanzas}]}}"#));
+        let check = |s: String| parse_stanza_area(s.as_bytes());
+        let key =
+            |extra: &str| format!(r#"{{"type":"key","salt":"{salt}","body":"{body}"{extra}}}"#);
+        let x = |extra: &str| {
+            format!(
+                r#"{{"type":"x25519","share":"{}","body":"{body}"{extra}}}"#,
+                "01".repeat(32)
+            )
+        };
+        let rsa = |extra: &str| {
+            format!(
+                r#"{{"type":"rsa-oaep","body":"{}"{extra}}}"#,
+                "02".repeat(256)
+            )
+        };
+        let with_fp = format!(r#","fingerprint":"{fp}""#);
+        let parsed = check(area(&format!(
+            "{},{},{},{}",
+            key(&with_fp),
+            x(&with_fp),
+            rsa(&with_fp),
+            key("")
+        )))
+        .unwrap()
+        .0;
+        let want = [0x0fu8; FINGERPRINT_LEN];
+        assert_eq!(parsed[0].fingerprint(), Some(&want));
+        assert_eq!(parsed[1].fingerprint(), Some(&want));
+        assert_eq!(parsed[2].fingerprint(), Some(&want));
+        assert_eq!(parsed[3].fingerprint(), None);
+        // Wrong length, case, characters, type, or a huge value: format failures, for every type.
+        for bad in [
+            format!(r#","fingerprint":"{}""#, "0f".repeat(15)),
+            format!(r#","fingerprint":"{}""#, "0f".repeat(17)),
+            format!(r#","fingerprint":"{}""#, "0F".repeat(16)),
+            format!(r#","fingerprint":"{}""#, "zz".repeat(16)),
+            r#","fingerprint":"""#.to_owned(),
+            r#","fingerprint":7"#.to_owned(),
+            format!(r#","fingerprint":"{}""#, "ab".repeat(8192)),
+            format!(r#","fingerprint":"{fp}","fingerprint":"{fp}""#),
+        ] {
+            for stanza in [key(&bad), x(&bad), rsa(&bad)] {
+                let e = check(area(&stanza)).unwrap_err();
+                assert!(matches!(e, Error::Format(_)), "{e}");
+            }
+        }
+        // Never on a passphrase stanza.
+        let scrypt =
+            format!(r#"{{"type":"scrypt","salt":"{salt}","log_n":10,"body":"{body}"{with_fp}}}"#);
+        let e = check(area(&scrypt)).unwrap_err().to_string();
+        assert!(e.contains("cannot have a fingerprint"), "{e}");
+        // A stanza of an unknown type keeps every member, whatever it is called.
+        let future = r#"{"type":"future","fingerprint":"not hex","n":5}"#;
+        let parsed = check(area(&format!("{},{future}", key("")))).unwrap().0;
+        assert_eq!(
+            parsed[1],
+            Stanza::Unknown {
+                kind: "future".into(),
+                members: vec![
+                    ("type".into(), Member::Str("future".into())),
+                    ("fingerprint".into(), Member::Str("not hex".into())),
+                    ("n".into(), Member::Int(5)),
+                ],
+            }
+        );
+        assert_eq!(parsed[1].fingerprint(), None);
     }
 }

@@ -2,6 +2,7 @@
 //! (`spec/FORMAT.md`, "Stanzas"), plus the publisher signature ("Signature").
 
 use aws_lc_rs::agreement::{self, UnparsedPublicKey, X25519};
+use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{
     OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
     OAEP_SHA256_MGF1SHA256,
@@ -12,14 +13,19 @@ use zeroize::Zeroizing;
 use crate::crypto::{self, GcmKey, SecretKey, KEY_LEN};
 use crate::error::{Error, Result};
 use crate::header::{
-    Stanza, BODY_LEN, MAX_LOG_N, MAX_RSA_BODY, MIN_LOG_N, MIN_RSA_BODY, SALT_LEN, SIG_LEN,
-    X25519_LEN,
+    Fingerprint, Stanza, BODY_LEN, FINGERPRINT_LEN, MAX_LOG_N, MAX_RSA_BODY, MIN_LOG_N,
+    MIN_RSA_BODY, SALT_LEN, SIG_LEN, X25519_LEN,
 };
 
 const LABEL_X25519: &[u8] = b"enctensor.v1 x25519";
 const LABEL_RSA: &[u8] = b"enctensor.v1 rsa-oaep";
 const LABEL_COMMITMENT: &[u8] = b"enctensor.v1 stanza commitment";
 const LABEL_SEAL: &[u8] = b"enctensor.v1 stanza seal";
+/// Recipient fingerprints (`spec/FORMAT.md`, "Recipient fingerprints"): one label per stanza
+/// type, so that a raw key and a public key with the same bytes never share a fingerprint.
+const LABEL_FINGERPRINT_KEY: &[u8] = b"enctensor.v1 fingerprint key";
+const LABEL_FINGERPRINT_X25519: &[u8] = b"enctensor.v1 fingerprint x25519";
+const LABEL_FINGERPRINT_RSA: &[u8] = b"enctensor.v1 fingerprint rsa-oaep";
 /// Followed by a zero byte in the signed message.
 const LABEL_SIGNATURE: &[u8] = b"enctensor.v1 ed25519-blake3";
 const ZERO_NONCE: [u8; 12] = [0u8; 12];
@@ -70,6 +76,17 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
+    /// What kind of credential this is, for messages (never its value).
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Credential::Key(_) => "raw key",
+            Credential::Passphrase(_) => "passphrase",
+            Credential::X25519(_) => "X25519 identity",
+            Credential::Rsa(_) => "RSA private key",
+            Credential::FileKey(_) => "file key",
+        }
+    }
+
     /// A raw key; it must be exactly 32 bytes.
     pub fn key(bytes: &[u8]) -> Result<Self> {
         if bytes.len() != KEY_LEN {
@@ -108,35 +125,52 @@ impl Credential {
     }
 }
 
-/// Someone a file is written for.
-pub enum Recipient {
+/// Someone a file is written for, and whether their stanza carries their fingerprint.
+pub struct Recipient {
+    kind: RecipientKind,
+    fingerprint: bool,
+}
+
+enum RecipientKind {
     Key(SecretKey),
     Passphrase(Zeroizing<String>),
     /// An X25519 public key.
     X25519([u8; X25519_LEN]),
-    Rsa(Box<OaepPublicEncryptingKey>),
+    /// An RSA public key and its DER SubjectPublicKeyInfo as AWS-LC encodes it (the
+    /// fingerprint's input: one encoding per key, whatever DER the caller gave).
+    Rsa {
+        key: Box<OaepPublicEncryptingKey>,
+        spki: Vec<u8>,
+    },
 }
 
 impl Recipient {
+    fn of(kind: RecipientKind) -> Self {
+        Recipient {
+            kind,
+            fingerprint: false,
+        }
+    }
+
     pub fn key(bytes: &[u8]) -> Result<Self> {
         match Credential::key(bytes)? {
-            Credential::Key(k) => Ok(Recipient::Key(k)),
+            Credential::Key(k) => Ok(Self::of(RecipientKind::Key(k))),
             _ => unreachable!(),
         }
     }
 
     pub fn passphrase(p: &str) -> Result<Self> {
         match Credential::passphrase(p)? {
-            Credential::Passphrase(p) => Ok(Recipient::Passphrase(p)),
+            Credential::Passphrase(p) => Ok(Self::of(RecipientKind::Passphrase(p))),
             _ => unreachable!(),
         }
     }
 
     pub fn x25519(public: &[u8]) -> Result<Self> {
-        Ok(Recipient::X25519(*fixed::<X25519_LEN>(
+        Ok(Self::of(RecipientKind::X25519(*fixed::<X25519_LEN>(
             public,
             "an X25519 public key",
-        )?))
+        )?)))
     }
 
     /// An RSA public key as DER SubjectPublicKeyInfo.
@@ -146,13 +180,79 @@ impl Recipient {
         if !(MIN_RSA_BODY..=MAX_RSA_BODY).contains(&key.key_size_bytes()) {
             return Err(invalid("RSA keys must be 2048 to 4096 bits"));
         }
+        let spki = key
+            .as_der()
+            .map_err(|_| invalid("RSA key rejected"))?
+            .as_ref()
+            .to_vec();
         let key = OaepPublicEncryptingKey::new(key).map_err(|_| invalid("RSA key rejected"))?;
-        Ok(Recipient::Rsa(Box::new(key)))
+        Ok(Self::of(RecipientKind::Rsa {
+            key: Box::new(key),
+            spki,
+        }))
     }
 
     pub fn is_passphrase(&self) -> bool {
-        matches!(self, Recipient::Passphrase(_))
+        matches!(self.kind, RecipientKind::Passphrase(_))
     }
+
+    /// The stanza made for this recipient will carry its fingerprint. A passphrase has none.
+    pub fn with_fingerprint(mut self) -> Result<Self> {
+        if self.is_passphrase() {
+            return Err(invalid(
+                "a passphrase (scrypt) stanza cannot carry a fingerprint: one derived from the \
+                 passphrase would test guesses without scrypt",
+            ));
+        }
+        self.fingerprint = true;
+        Ok(self)
+    }
+
+    /// This recipient's fingerprint (`None` for a passphrase), whether or not its stanza will
+    /// carry it.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        match &self.kind {
+            RecipientKind::Key(key) => Some(fingerprint(LABEL_FINGERPRINT_KEY, &key[..])),
+            RecipientKind::X25519(public) => Some(fingerprint(LABEL_FINGERPRINT_X25519, public)),
+            RecipientKind::Rsa { spki, .. } => Some(fingerprint(LABEL_FINGERPRINT_RSA, spki)),
+            RecipientKind::Passphrase(_) => None,
+        }
+    }
+
+    /// What kind of recipient this is, for messages (never its value).
+    pub fn describe(&self) -> &'static str {
+        match self.kind {
+            RecipientKind::Key(_) => "raw key",
+            RecipientKind::Passphrase(_) => "passphrase",
+            RecipientKind::X25519(_) => "X25519 recipient",
+            RecipientKind::Rsa { .. } => "RSA recipient",
+        }
+    }
+
+    /// Whether `stanza` is already this recipient's: a `key` stanza that this key opens (its
+    /// commitment matches: no decryption), a stanza carrying this recipient's fingerprint, or,
+    /// for a passphrase, any passphrase stanza (a file holds one at most).
+    pub fn owns(&self, stanza: &Stanza) -> bool {
+        match (&self.kind, stanza) {
+            (RecipientKind::Key(key), Stanza::Key { salt, body, .. }) => {
+                commits_to(&key_wrap_key(key, salt), body)
+            }
+            (RecipientKind::Passphrase(_), Stanza::Scrypt { .. }) => true,
+            _ => {
+                stanza.fingerprint().is_some()
+                    && stanza.fingerprint() == self.fingerprint().as_ref()
+            }
+        }
+    }
+}
+
+/// `fingerprint = first 16 bytes of HKDF(ikm = material, salt = "", info = label)`: a short
+/// hash of a public key, or of a raw key a value that reveals nothing about it (HKDF is a PRF).
+fn fingerprint(label: &[u8], material: &[u8]) -> Fingerprint {
+    let full = crypto::hkdf(material, &[], &[label]);
+    full[..FINGERPRINT_LEN]
+        .try_into()
+        .expect("HKDF output is longer than a fingerprint")
 }
 
 fn key_wrap_key(key: &[u8; KEY_LEN], salt: &[u8; SALT_LEN]) -> SecretKey {
@@ -228,13 +328,19 @@ fn seal_key(wrap_key: &SecretKey) -> GcmKey {
     GcmKey::new(&crypto::hkdf(&wrap_key[..], &[], &[LABEL_SEAL]))
 }
 
+/// Whether a key-committing body was made with `wrap_key`: its commitment matches (compared
+/// in constant time). Two wrap keys with one commitment would be an HKDF collision.
+fn commits_to(wrap_key: &SecretKey, body: &[u8; BODY_LEN]) -> bool {
+    crypto::ct_eq(&commitment(wrap_key)[..], &body[..COMMIT_LEN])
+}
+
 /// Opens a key-committing body: the commitment must match `wrap_key` (compared in constant
 /// time) before AES-GCM runs, so one body opens under one wrap key only.
 fn unwrap_body(wrap_key: &SecretKey, body: &[u8; BODY_LEN]) -> Option<SecretKey> {
-    let (commit, sealed) = body.split_at(COMMIT_LEN);
-    if !crypto::ct_eq(&commitment(wrap_key)[..], commit) {
+    if !commits_to(wrap_key, body) {
         return None;
     }
+    let sealed = &body[COMMIT_LEN..];
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
     let ok = seal_key(wrap_key).open_into(
         ZERO_NONCE,
@@ -320,7 +426,7 @@ pub fn open_stanzas(
     match cred {
         Credential::Key(key) => {
             for s in stanzas {
-                if let Stanza::Key { salt, body } = s {
+                if let Stanza::Key { salt, body, .. } = s {
                     tried = true;
                     if let Some(fk) = unwrap_body(&key_wrap_key(key, salt), body) {
                         return Ok(fk);
@@ -343,17 +449,11 @@ pub fn open_stanzas(
             Err(no_match(stanzas, "passphrase", false))
         }
         Credential::X25519(secret) => {
-            let me = agreement::PrivateKey::from_private_key(&X25519, &secret[..])
-                .map_err(|_| invalid("not a usable X25519 private key"))?;
-            let my_public = me
-                .compute_public_key()
-                .map_err(|_| invalid("X25519 key rejected"))?;
+            let me = X25519Identity::new(secret)?;
             for s in stanzas {
-                if let Stanza::X25519 { share, body } = s {
+                if let Stanza::X25519 { share, body, .. } = s {
                     tried = true;
-                    let wrap = agree_x25519(&me, share)
-                        .map(|shared| x25519_wrap_key(&shared[..], share, my_public.as_ref()));
-                    if let Some(fk) = wrap.and_then(|w| unwrap_body(&w, body)) {
+                    if let Some(fk) = me.wrap_key(share).and_then(|w| unwrap_body(&w, body)) {
                         return Ok(fk);
                     }
                 }
@@ -363,15 +463,13 @@ pub fn open_stanzas(
         Credential::FileKey(k) => Ok(k.clone()),
         Credential::Rsa(key) => {
             for s in stanzas {
-                if let Stanza::RsaOaep { body } = s {
+                if let Stanza::RsaOaep { body, .. } = s {
                     if body.len() != key.key_size_bytes() {
                         continue;
                     }
                     tried = true;
-                    if let Some(pt) = rsa_oaep_sha256_decrypt(key, body, LABEL_RSA) {
-                        if pt.len() == KEY_LEN {
-                            return fixed(&pt, "file key");
-                        }
+                    if let Some(fk) = rsa_open(key, body) {
+                        return Ok(fk);
                     }
                 }
             }
@@ -380,13 +478,83 @@ pub fn open_stanzas(
     }
 }
 
+/// The file key in an `rsa-oaep` body: OAEP decryption that yields exactly 32 bytes.
+fn rsa_open(key: &OaepPrivateDecryptingKey, body: &[u8]) -> Option<SecretKey> {
+    let pt = rsa_oaep_sha256_decrypt(key, body, LABEL_RSA)?;
+    fixed(&pt, "file key").ok()
+}
+
+/// An X25519 identity made ready to compute wrap keys (its public key computed once).
+struct X25519Identity {
+    me: agreement::PrivateKey,
+    public: Vec<u8>,
+}
+
+impl X25519Identity {
+    fn new(secret: &SecretKey) -> Result<Self> {
+        let me = agreement::PrivateKey::from_private_key(&X25519, &secret[..])
+            .map_err(|_| invalid("not a usable X25519 private key"))?;
+        let public = me
+            .compute_public_key()
+            .map_err(|_| invalid("X25519 key rejected"))?
+            .as_ref()
+            .to_vec();
+        Ok(X25519Identity { me, public })
+    }
+
+    /// The wrap key of an `x25519` stanza with this `share`, for this identity (`None` for a
+    /// low-order share).
+    fn wrap_key(&self, share: &[u8; X25519_LEN]) -> Option<SecretKey> {
+        agree_x25519(&self.me, share)
+            .map(|shared| x25519_wrap_key(&shared[..], share, &self.public))
+    }
+}
+
+/// The stanzas of `stanzas` that were made for the holder of `cred` (their positions), without
+/// opening the file: a `key` or `x25519` stanza whose commitment matches the wrap key `cred`
+/// derives (nothing is decrypted: the commitment binds the wrap key), an `rsa-oaep` stanza
+/// that OAEP-decrypts to a 32-byte key. This is how a key identifies its stanza in a file whose
+/// stanzas carry no fingerprint (`inspect` with a key, re-keying that removes a key's stanza).
+/// A passphrase or a file key identifies no stanza: an error.
+pub fn stanzas_of(stanzas: &[Stanza], cred: &Credential) -> Result<Vec<usize>> {
+    let x25519 = match cred {
+        Credential::X25519(secret) => Some(X25519Identity::new(secret)?),
+        Credential::Passphrase(_) | Credential::FileKey(_) => {
+            return Err(invalid(
+                "only a raw key or an X25519 or RSA private key identifies its stanza (a \
+                 passphrase stanza is always a file's only one)",
+            ))
+        }
+        _ => None,
+    };
+    let owns = |s: &Stanza| match (cred, s) {
+        (Credential::Key(key), Stanza::Key { salt, body, .. }) => {
+            commits_to(&key_wrap_key(key, salt), body)
+        }
+        (Credential::X25519(_), Stanza::X25519 { share, body, .. }) => x25519
+            .as_ref()
+            .and_then(|me| me.wrap_key(share))
+            .is_some_and(|w| commits_to(&w, body)),
+        (Credential::Rsa(key), Stanza::RsaOaep { body, .. }) => {
+            body.len() == key.key_size_bytes() && rsa_open(key, body).is_some()
+        }
+        _ => false,
+    };
+    Ok(stanzas
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| owns(s))
+        .map(|(i, _)| i)
+        .collect())
+}
+
 /// A stanza's type and public fields (hex for bytes), for key providers and `inspect`.
 pub fn describe(s: &Stanza) -> Vec<(String, String)> {
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let mut out = vec![("type".to_owned(), s.kind().to_owned())];
     let mut add = |k: &str, v: String| out.push((k.to_owned(), v));
     match s {
-        Stanza::Key { salt, body } => {
+        Stanza::Key { salt, body, .. } => {
             add("salt", hex(salt));
             add("body", hex(body));
         }
@@ -395,31 +563,41 @@ pub fn describe(s: &Stanza) -> Vec<(String, String)> {
             add("log_n", log_n.to_string());
             add("body", hex(body));
         }
-        Stanza::X25519 { share, body } => {
+        Stanza::X25519 { share, body, .. } => {
             add("share", hex(share));
             add("body", hex(body));
         }
-        Stanza::RsaOaep { body } => add("body", hex(body)),
+        Stanza::RsaOaep { body, .. } => add("body", hex(body)),
         Stanza::Unknown { .. } => {}
+    }
+    if let Some(fp) = s.fingerprint() {
+        add(crate::header::FINGERPRINT_MEMBER, hex(fp));
     }
     out
 }
 
 /// Makes a stanza that wraps `file_key` for `recipient` with fresh randomness.
+/// The stanza carries the recipient's fingerprint if the recipient asked for it
+/// ([`Recipient::with_fingerprint`]).
 pub fn make_stanza(file_key: &SecretKey, recipient: &Recipient, log_n: u8) -> Result<Stanza> {
     let mut salt = [0u8; SALT_LEN];
     crypto::random(&mut salt)?;
-    Ok(match recipient {
-        Recipient::Key(key) => Stanza::Key {
+    let fingerprint = recipient
+        .fingerprint
+        .then(|| recipient.fingerprint())
+        .flatten();
+    Ok(match &recipient.kind {
+        RecipientKind::Key(key) => Stanza::Key {
             salt,
             body: wrap_body(&key_wrap_key(key, &salt), file_key),
+            fingerprint,
         },
-        Recipient::Passphrase(p) => Stanza::Scrypt {
+        RecipientKind::Passphrase(p) => Stanza::Scrypt {
             salt,
             log_n,
             body: wrap_body(&scrypt_wrap_key(p, &salt, log_n)?, file_key),
         },
-        Recipient::X25519(public) => {
+        RecipientKind::X25519(public) => {
             let eph = agreement::PrivateKey::generate(&X25519)
                 .map_err(|_| invalid("X25519 keygen failed"))?;
             let share: [u8; X25519_LEN] = eph
@@ -434,9 +612,10 @@ pub fn make_stanza(file_key: &SecretKey, recipient: &Recipient, log_n: u8) -> Re
             Stanza::X25519 {
                 share,
                 body: wrap_body(&wrap, file_key),
+                fingerprint,
             }
         }
-        Recipient::Rsa(key) => {
+        RecipientKind::Rsa { key, .. } => {
             let mut out = vec![0u8; key.ciphertext_size()];
             let n = key
                 .encrypt(
@@ -448,7 +627,10 @@ pub fn make_stanza(file_key: &SecretKey, recipient: &Recipient, log_n: u8) -> Re
                 .map_err(|_| invalid("RSA-OAEP encryption failed"))?
                 .len();
             out.truncate(n);
-            Stanza::RsaOaep { body: out }
+            Stanza::RsaOaep {
+                body: out,
+                fingerprint,
+            }
         }
     })
 }
@@ -595,6 +777,7 @@ mod tests {
         let low = vec![Stanza::X25519 {
             share: [0u8; 32],
             body: [0u8; BODY_LEN],
+            fingerprint: None,
         }];
         assert!(matches!(
             open_stanzas(&low, &cred, 18),
@@ -760,5 +943,44 @@ mod tests {
                 .to_edwards();
         let mixed = (genuine + torsion).compress().to_bytes();
         assert!(matches!(verifying_key(&mixed), Err(Error::Signature(_))));
+    }
+
+    #[test]
+    fn fingerprints_are_derived_per_kind_and_written_only_when_asked() {
+        let fk = Zeroizing::new([9u8; 32]);
+        let key = Recipient::key(&[1u8; 32]).unwrap();
+        let same_bytes = Recipient::x25519(&[1u8; 32]).unwrap();
+        let fp = key.fingerprint().unwrap();
+        assert_eq!(fp.len(), 16);
+        // Its own label per kind: the same 32 bytes as a raw key and as a public key differ.
+        assert_ne!(Some(fp), same_bytes.fingerprint());
+        assert_eq!(
+            fp[..],
+            crypto::hkdf(&[1u8; 32], &[], &[b"enctensor.v1 fingerprint key"])[..16]
+        );
+        assert_eq!(Recipient::passphrase("pw").unwrap().fingerprint(), None);
+        assert!(matches!(
+            Recipient::passphrase("pw").unwrap().with_fingerprint(),
+            Err(Error::InvalidArgument(_))
+        ));
+        // Not written unless asked for; written, it is the recipient's.
+        assert_eq!(make_stanza(&fk, &key, 0).unwrap().fingerprint(), None);
+        let marked = make_stanza(&fk, &key.with_fingerprint().unwrap(), 0).unwrap();
+        assert_eq!(marked.fingerprint(), Some(&fp));
+        // The key finds its stanza by the commitment, fingerprint or not; another key does not.
+        let cred = Credential::key(&[1u8; 32]).unwrap();
+        let other = Credential::key(&[2u8; 32]).unwrap();
+        let plain = make_stanza(&fk, &Recipient::key(&[1u8; 32]).unwrap(), 0).unwrap();
+        assert_eq!(stanzas_of(&[plain, marked], &cred).unwrap(), [0, 1]);
+        assert!(stanzas_of(
+            &[make_stanza(&fk, &Recipient::key(&[1u8; 32]).unwrap(), 0).unwrap()],
+            &other
+        )
+        .unwrap()
+        .is_empty());
+        assert!(matches!(
+            stanzas_of(&[], &Credential::passphrase("pw").unwrap()),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

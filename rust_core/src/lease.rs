@@ -51,25 +51,6 @@ pub fn set_preferred(mode: ReadMode) {
     PREFERRED.store(v, Ordering::Relaxed);
 }
 
-/// File systems whose data only changes through this kernel's VFS, where a lease covers every
-/// writer. Network and FUSE file systems can change the bytes behind the kernel's back.
-fn local_file_system(fd: RawFd) -> bool {
-    const EXT4: i64 = 0xEF53;
-    const XFS: i64 = 0x5846_5342;
-    const BTRFS: i64 = 0x9123_683E;
-    const TMPFS: i64 = 0x0102_1994;
-    const F2FS: i64 = 0xF2F5_2010;
-    // SAFETY: `statfs` is plain data; all zeros is a valid value to be overwritten.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is an open descriptor owned by the caller; `st` is writable.
-    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
-        return false;
-    }
-    #[allow(clippy::unnecessary_cast)] // f_type is i64 on some targets, u32/i32 on others
-    let kind = st.f_type as i64;
-    matches!(kind, EXT4 | XFS | BTRFS | TMPFS | F2FS)
-}
-
 fn break_time() -> Duration {
     let secs = std::fs::read_to_string("/proc/sys/fs/lease-break-time")
         .ok()
@@ -96,7 +77,7 @@ impl Lease {
     pub fn new(file: &std::fs::File) -> Lease {
         Lease {
             fd: file.as_raw_fd(),
-            local: local_file_system(file.as_raw_fd()),
+            local: sys::local_file_system(file.as_raw_fd()),
             state: Mutex::new(Holders {
                 count: 0,
                 since: None,
@@ -112,7 +93,7 @@ impl Lease {
         }
         let mut h = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if h.count == 0 {
-            if !self.take() {
+            if !sys::take(self.fd) {
                 return ReadMode::Copy;
             }
             h.since = Some(Instant::now());
@@ -129,23 +110,46 @@ impl Lease {
             return true;
         }
         let mut h = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        // A pending break also reads back as F_UNLCK, but the writer is still waiting then:
-        // the lease protected the whole read if it is intact or younger than the break time.
-        // SAFETY: F_GETLEASE on a descriptor the caller keeps open.
-        let intact = unsafe { libc::fcntl(self.fd, libc::F_GETLEASE) } == libc::F_RDLCK;
+        // A pending break also reads as "not held", but the writer is still waiting then: the
+        // lease protected the whole read if it is intact or younger than the break time.
+        let intact = sys::held(self.fd);
         let young = h
             .since
             .is_some_and(|t| t.elapsed() + Duration::from_secs(1) < break_time());
         h.count -= 1;
         if h.count == 0 {
-            // SAFETY: as above; releasing lets a waiting writer proceed.
-            unsafe { libc::fcntl(self.fd, libc::F_SETLEASE, libc::F_UNLCK) };
+            sys::release(self.fd);
             h.since = None;
         }
         intact || young
     }
+}
 
-    fn take(&self) -> bool {
+/// Leases are a Linux (and Android) facility; elsewhere every read takes the private copy.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod sys {
+    use std::os::fd::RawFd;
+
+    /// File systems whose data only changes through this kernel's VFS, where a lease covers
+    /// every writer. Network and FUSE file systems can change the bytes behind its back.
+    pub fn local_file_system(fd: RawFd) -> bool {
+        const EXT4: i64 = 0xEF53;
+        const XFS: i64 = 0x5846_5342;
+        const BTRFS: i64 = 0x9123_683E;
+        const TMPFS: i64 = 0x0102_1994;
+        const F2FS: i64 = 0xF2F5_2010;
+        // SAFETY: `statfs` is plain data; all zeros is a valid value to be overwritten.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is an open descriptor owned by the caller; `st` is writable.
+        if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+            return false;
+        }
+        #[allow(clippy::unnecessary_cast)] // f_type is i64 on some targets, u32/i32 on others
+        let kind = st.f_type as i64;
+        matches!(kind, EXT4 | XFS | BTRFS | TMPFS | F2FS)
+    }
+
+    pub fn take(fd: RawFd) -> bool {
         // <fcntl.h>'s F_SETSIG (Linux), which the libc crate does not export.
         const F_SETSIG: libc::c_int = 10;
         // SAFETY: fcntl on a descriptor the caller keeps open, with integer arguments only.
@@ -154,14 +158,40 @@ impl Lease {
         // first set to SIGURG (ignored by default), and the owner is then cleared, so that
         // no signal is sent at all. The lease needs no signal: the reader checks it at the end.
         unsafe {
-            if libc::fcntl(self.fd, F_SETSIG, libc::SIGURG) != 0 {
+            if libc::fcntl(fd, F_SETSIG, libc::SIGURG) != 0 {
                 return false;
             }
-            if libc::fcntl(self.fd, libc::F_SETLEASE, libc::F_RDLCK) != 0 {
+            if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) != 0 {
                 return false;
             }
-            libc::fcntl(self.fd, libc::F_SETOWN, 0);
+            libc::fcntl(fd, libc::F_SETOWN, 0);
         }
         true
     }
+
+    pub fn held(fd: RawFd) -> bool {
+        // SAFETY: F_GETLEASE on a descriptor the caller keeps open.
+        unsafe { libc::fcntl(fd, libc::F_GETLEASE) == libc::F_RDLCK }
+    }
+
+    pub fn release(fd: RawFd) {
+        // SAFETY: as above; releasing lets a waiting writer proceed.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod sys {
+    use std::os::fd::RawFd;
+
+    pub fn local_file_system(_fd: RawFd) -> bool {
+        false
+    }
+    pub fn take(_fd: RawFd) -> bool {
+        false
+    }
+    pub fn held(_fd: RawFd) -> bool {
+        false
+    }
+    pub fn release(_fd: RawFd) {}
 }

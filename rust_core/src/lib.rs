@@ -25,5 +25,5 @@ pub use header::{Header, Stanza, TensorInfo};
 pub use keys::{Credential, Recipient};
 pub use lease::ReadMode;
 pub use reader::Reader;
-pub use rekey::{rekey_file, Rekeyed};
+pub use rekey::{change_stanzas, rekey_file, Changes, Rekeyed, Removal};
 pub use writer::{write_file_atomic, write_to, TensorSource, WriteOptions};

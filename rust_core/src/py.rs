@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::header::{self, Header};
 use crate::keys::{self, describe, Credential, Recipient};
 use crate::reader::{self, Reader};
-use crate::rekey::{rekey_file, Rekeyed};
+use crate::rekey::{change_stanzas, Changes, Rekeyed, Removal};
 use crate::writer::{self, TensorSource, WriteOptions};
 use zeroize::Zeroizing;
 
@@ -472,7 +472,7 @@ fn targets(
 
 /// Writes an encrypted file atomically. `tensors` is `[(name, dtype, shape, buffer, encrypted)]`.
 #[pyfunction]
-#[pyo3(signature = (path, tensors, *, metadata, keys, passphrase=None, x25519=None, rsa_spki=None, sign_seed=None, log_n=18, chunk_size=262144))]
+#[pyo3(signature = (path, tensors, *, metadata, keys, passphrase=None, x25519=None, rsa_spki=None, sign_seed=None, log_n=18, chunk_size=262144, fingerprints=false))]
 #[allow(clippy::too_many_arguments)]
 fn write_file(
     py: Python<'_>,
@@ -486,10 +486,12 @@ fn write_file(
     sign_seed: Option<&[u8]>,
     log_n: u8,
     chunk_size: u64,
+    fingerprints: bool,
 ) -> PyResult<u64> {
     let t = targets(
         keys, passphrase, x25519, rsa_spki, sign_seed, log_n, chunk_size,
-    )?;
+    )?
+    .with_fingerprints(fingerprints)?;
     let prep = prepare(tensors, metadata, t)?;
     let raised = std::sync::Mutex::new(None);
     let stop = || signal_raised(&raised);
@@ -507,7 +509,7 @@ fn write_file(
 
 /// Like `write_file`, returning the file as `bytes`.
 #[pyfunction]
-#[pyo3(signature = (tensors, *, metadata, keys, passphrase=None, x25519=None, rsa_spki=None, sign_seed=None, log_n=18, chunk_size=262144))]
+#[pyo3(signature = (tensors, *, metadata, keys, passphrase=None, x25519=None, rsa_spki=None, sign_seed=None, log_n=18, chunk_size=262144, fingerprints=false))]
 #[allow(clippy::too_many_arguments)]
 fn write_bytes<'py>(
     py: Python<'py>,
@@ -520,10 +522,12 @@ fn write_bytes<'py>(
     sign_seed: Option<&[u8]>,
     log_n: u8,
     chunk_size: u64,
+    fingerprints: bool,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let t = targets(
         keys, passphrase, x25519, rsa_spki, sign_seed, log_n, chunk_size,
-    )?;
+    )?
+    .with_fingerprints(fingerprints)?;
     let prep = prepare(tensors, metadata, t)?;
     let out = py.detach(|| {
         let mut cur = std::io::Cursor::new(Vec::new());
@@ -532,10 +536,18 @@ fn write_bytes<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
-/// Replaces the stanzas of a file (opened with one credential) by stanzas for new recipients,
-/// without touching tensor bytes. Returns "in-place" or "rewritten".
+/// Changes who can open a file (opened with one credential) without touching tensor bytes.
+/// Returns "in-place" or "rewritten".
+///
+/// `new_*` are the stanzas to write. With `keep=False` (the default) they replace every
+/// current stanza. With `keep=True` the current stanzas stay, except those named by
+/// `remove_stanzas` (positions from 0), `remove_keys`, `remove_x25519_identities` and
+/// `remove_rsa_pkcs8` (the stanzas these keys open), `remove_x25519` and `remove_rsa_spki`
+/// (the stanzas carrying these public keys' fingerprints) and `remove_passphrase`; the new
+/// stanzas come after them. `fingerprints=True` makes the new stanzas carry their recipient's
+/// fingerprint.
 #[pyfunction]
-#[pyo3(signature = (path, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, new_keys=None, new_passphrase=None, new_x25519=None, new_rsa_spki=None, log_n=18, max_scrypt_log_n=18))]
+#[pyo3(signature = (path, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, new_keys=None, new_passphrase=None, new_x25519=None, new_rsa_spki=None, keep=false, remove_stanzas=None, remove_keys=None, remove_x25519_identities=None, remove_rsa_pkcs8=None, remove_x25519=None, remove_rsa_spki=None, remove_passphrase=false, fingerprints=false, log_n=18, max_scrypt_log_n=18))]
 #[allow(clippy::too_many_arguments)]
 fn rekey(
     py: Python<'_>,
@@ -549,22 +561,128 @@ fn rekey(
     new_passphrase: Option<&str>,
     new_x25519: Option<Vec<Vec<u8>>>,
     new_rsa_spki: Option<Vec<Vec<u8>>>,
+    keep: bool,
+    remove_stanzas: Option<Vec<usize>>,
+    remove_keys: Option<Vec<Vec<u8>>>,
+    remove_x25519_identities: Option<Vec<Vec<u8>>>,
+    remove_rsa_pkcs8: Option<Vec<Vec<u8>>>,
+    remove_x25519: Option<Vec<Vec<u8>>>,
+    remove_rsa_spki: Option<Vec<Vec<u8>>>,
+    remove_passphrase: bool,
+    fingerprints: bool,
     log_n: u8,
     max_scrypt_log_n: i64,
 ) -> PyResult<&'static str> {
     let cap = scrypt_cap(max_scrypt_log_n)?;
     let cred = credential(key, passphrase, x25519, rsa_pkcs8, file_key)?;
-    let to = recipients(
-        new_keys.unwrap_or_default(),
-        new_passphrase,
-        new_x25519.unwrap_or_default(),
-        new_rsa_spki.unwrap_or_default(),
+    let to = fingerprinted(
+        recipients(
+            new_keys.unwrap_or_default(),
+            new_passphrase,
+            new_x25519.unwrap_or_default(),
+            new_rsa_spki.unwrap_or_default(),
+        )?,
+        fingerprints,
     )?;
-    let how = py.detach(|| rekey_file(&path, &cred, &to, log_n, cap))?;
+    let mut remove: Vec<Removal> = remove_stanzas
+        .unwrap_or_default()
+        .into_iter()
+        .map(Removal::Index)
+        .collect();
+    for k in remove_keys.unwrap_or_default() {
+        remove.push(Removal::Holder(Credential::key(&k)?));
+    }
+    for x in remove_x25519_identities.unwrap_or_default() {
+        remove.push(Removal::Holder(Credential::x25519(&x)?));
+    }
+    for r in remove_rsa_pkcs8.unwrap_or_default() {
+        remove.push(Removal::Holder(Credential::rsa_pkcs8(&r)?));
+    }
+    for x in remove_x25519.unwrap_or_default() {
+        remove.push(Removal::Recipient(Recipient::x25519(&x)?));
+    }
+    for r in remove_rsa_spki.unwrap_or_default() {
+        remove.push(Removal::Recipient(Recipient::rsa_spki(&r)?));
+    }
+    if remove_passphrase {
+        remove.push(Removal::Passphrase);
+    }
+    let changes = Changes {
+        keep,
+        remove: &remove,
+        add: &to,
+        log_n,
+    };
+    let (how, _) = py.detach(|| change_stanzas(&path, &cred, &changes, cap))?;
     Ok(match how {
         Rekeyed::InPlace => "in-place",
         Rekeyed::Rewritten => "rewritten",
     })
+}
+
+/// `recipients`, each marked to carry its fingerprint when `on` (a passphrase cannot: an
+/// error).
+fn fingerprinted(recipients: Vec<Recipient>, on: bool) -> PyResult<Vec<Recipient>> {
+    if !on {
+        return Ok(recipients);
+    }
+    Ok(recipients
+        .into_iter()
+        .map(Recipient::with_fingerprint)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+impl Targets {
+    /// Makes every stanza of the file carry its recipient's fingerprint when `on`
+    /// (`write_file(..., fingerprints=True)`).
+    fn with_fingerprints(mut self, on: bool) -> PyResult<Targets> {
+        self.recipients = fingerprinted(self.recipients, on)?;
+        Ok(self)
+    }
+}
+
+/// The positions (from 0) of the stanzas of the file at `path` that were made for the holder
+/// of this raw key or X25519 or RSA private key, found without a fingerprint and without
+/// opening the file (see `keys::stanzas_of`). The file is parsed (format checks) but not
+/// authenticated: this only says which stanza is whose.
+#[pyfunction]
+#[pyo3(signature = (path, *, key=None, x25519=None, rsa_pkcs8=None))]
+fn stanzas_of(
+    py: Python<'_>,
+    path: PathBuf,
+    key: Option<&[u8]>,
+    x25519: Option<&[u8]>,
+    rsa_pkcs8: Option<&[u8]>,
+) -> PyResult<Vec<usize>> {
+    let cred = credential(key, None, x25519, rsa_pkcs8, None)?;
+    let h = py.detach(|| reader::inspect_path(&path))?;
+    Ok(py.detach(|| keys::stanzas_of(&h.stanzas, &cred))?)
+}
+
+/// The recipient fingerprint (16 bytes, `spec/FORMAT.md`, "Recipient fingerprints") of one
+/// raw key, X25519 public key or RSA public key (DER SubjectPublicKeyInfo).
+#[pyfunction]
+#[pyo3(signature = (*, key=None, x25519=None, rsa_spki=None))]
+fn recipient_fingerprint<'py>(
+    py: Python<'py>,
+    key: Option<&[u8]>,
+    x25519: Option<&[u8]>,
+    rsa_spki: Option<&[u8]>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let r = match (key, x25519, rsa_spki) {
+        (Some(k), None, None) => Recipient::key(k)?,
+        (None, Some(x), None) => Recipient::x25519(x)?,
+        (None, None, Some(r)) => Recipient::rsa_spki(r)?,
+        _ => {
+            return Err(PyValueError::new_err(
+                "give exactly one of key=, x25519= or rsa_spki=",
+            ))
+        }
+    };
+    let fp = r
+        .fingerprint()
+        .expect("keys and public keys have a fingerprint");
+    Ok(PyBytes::new(py, &fp))
 }
 
 /// Sets how tensor bytes are read, for benchmarks: "onepass" (straight out of the map under a
@@ -594,6 +712,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_file, m)?)?;
     m.add_function(wrap_pyfunction!(write_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(rekey, m)?)?;
+    m.add_function(wrap_pyfunction!(stanzas_of, m)?)?;
+    m.add_function(wrap_pyfunction!(recipient_fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(_set_read_mode, m)?)?;
     Ok(())
 }

@@ -116,8 +116,11 @@ fn map_open_file(file: File, shown: &str) -> Result<Source> {
     let map = unsafe { MmapOptions::new().map(&file) }
         .map_err(|e| Error::io(e, format!("cannot map {shown}")))?;
     // Loads read the data section front to back, usually whole: ask for more read-ahead.
-    // SAFETY: a valid open descriptor; the advice is only a hint.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    // SAFETY: a valid open descriptor; the advice is only a hint (Apple systems lack it).
+    #[cfg(not(target_vendor = "apple"))]
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL)
+    };
     let guard = Guard::register(map.as_ptr(), map.len());
     let lease = Lease::new(&file);
     Ok(Source::Map(Mapped {

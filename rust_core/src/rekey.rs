@@ -1,5 +1,7 @@
-//! Re-keying: replacing the stanza area, so that a different set of keys opens the file,
-//! without touching (or decrypting) anything else (`spec/FORMAT.md`, "Re-keying").
+//! Re-keying: rewriting the stanza area, so that a different set of keys opens the file,
+//! without touching (or decrypting) anything else (`spec/FORMAT.md`, "Re-keying"): adding
+//! stanzas and removing some while keeping the others ([`change_stanzas`]), or replacing them
+//! all ([`rekey_file`]).
 //!
 //! The path is opened once, read-write, and everything after goes through that one
 //! descriptor: an advisory lock, authentication (the reader maps and reads the descriptor,
@@ -15,9 +17,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::crypto::SecretKey;
 use crate::error::{Error, Result};
-use crate::header::{self, Preamble, MAX_STANZA_AREA, PAGE, PREAMBLE_LEN};
-use crate::keys::{make_stanza, Credential, Recipient};
+use crate::header::{self, Preamble, Stanza, MAX_STANZAS, MAX_STANZA_AREA, PAGE, PREAMBLE_LEN};
+use crate::keys::{make_stanza, stanzas_of, Credential, Recipient};
 use crate::reader::Reader;
 use crate::writer::{
     check_recipients, keep_mode_and_owner, padded_area, stanza_area_json, sync_dir, write_zeros,
@@ -40,10 +43,10 @@ pub enum Rekeyed {
 const OPEN_ATTEMPTS: usize = 100;
 
 /// Replaces the stanzas of `path` (opened with `cred`) with stanzas for `recipients` (a new
-/// passphrase's scrypt at `log_n`). Any publisher signature stays valid: it does not cover
-/// the stanza area. `max_scrypt_log_n` is the reader's scrypt cost cap for opening the file
-/// (normally `DEFAULT_MAX_SCRYPT_LOG_N`). Nothing is written unless the file authenticates and
-/// the new stanza list is one readers accept.
+/// passphrase's scrypt at `log_n`): every current stanza goes. Any publisher signature stays
+/// valid: it does not cover the stanza area. `max_scrypt_log_n` is the reader's scrypt cost
+/// cap for opening the file (normally `DEFAULT_MAX_SCRYPT_LOG_N`). Nothing is written unless
+/// the file authenticates and the new stanza list is one readers accept.
 pub fn rekey_file(
     path: &Path,
     cred: &Credential,
@@ -51,18 +54,74 @@ pub fn rekey_file(
     log_n: u8,
     max_scrypt_log_n: u8,
 ) -> Result<Rekeyed> {
-    check_recipients(recipients)?;
+    let replace = Changes {
+        keep: false,
+        remove: &[],
+        add: recipients,
+        log_n,
+    };
+    change_stanzas(path, cred, &replace, max_scrypt_log_n).map(|(how, _)| how)
+}
+
+/// A stanza (or stanzas) that a re-key removes.
+pub enum Removal {
+    /// The stanza at this position, counted from 0 as `inspect` lists them.
+    Index(usize),
+    /// The stanzas that carry this recipient's fingerprint (`spec/FORMAT.md`, "Recipient
+    /// fingerprints"). A file written without fingerprints has none to match.
+    Recipient(Recipient),
+    /// The stanzas made for the holder of this raw key, X25519 or RSA identity, found with the
+    /// key itself ([`crate::keys::stanzas_of`]), fingerprints or not.
+    Holder(Credential),
+    /// The passphrase (scrypt) stanza.
+    Passphrase,
+}
+
+/// How a re-key changes the stanzas of a file.
+pub struct Changes<'a> {
+    /// Keep every current stanza that no removal names (unknown types and fingerprints
+    /// included, in order); `false` replaces them all, and nothing may be named for removal.
+    pub keep: bool,
+    pub remove: &'a [Removal],
+    /// New stanzas, written after the kept ones.
+    pub add: &'a [Recipient],
+    /// The scrypt work factor of an added passphrase.
+    pub log_n: u8,
+}
+
+/// Changes the stanzas of `path` (opened with `cred`) as `changes` says: remove some, keep the
+/// others, add new ones; returns how the file was written and its new stanzas. As for
+/// [`rekey_file`], nothing is written unless the file authenticates and every removal names a
+/// stanza of the file, and the new list is one readers accept: not empty (nobody could open
+/// the file), at most 256 stanzas, a passphrase alone.
+pub fn change_stanzas(
+    path: &Path,
+    cred: &Credential,
+    changes: &Changes,
+    max_scrypt_log_n: u8,
+) -> Result<(Rekeyed, Vec<Stanza>)> {
     let shown = path.display().to_string();
+    if changes.keep {
+        if changes.add.is_empty() && changes.remove.is_empty() {
+            return Err(Error::InvalidArgument(
+                "nothing to change: give stanzas to add or to remove".into(),
+            ));
+        }
+    } else {
+        check_recipients(changes.add)?;
+        if !changes.remove.is_empty() {
+            return Err(Error::InvalidArgument(
+                "replacing every stanza removes them all: name none to remove".into(),
+            ));
+        }
+    }
     let (file, ours) = open_locked(path, &shown)?;
     let dup = file
         .try_clone()
         .map_err(|e| Error::io(e, format!("cannot duplicate the descriptor of {shown}")))?;
     let reader = Reader::from_file(dup, shown.clone(), cred, None, max_scrypt_log_n)?;
     let h = reader.header();
-    let stanzas = recipients
-        .iter()
-        .map(|r| make_stanza(reader.file_key(), r, log_n))
-        .collect::<Result<Vec<_>>>()?;
+    let stanzas = new_stanzas(&h.stanzas, reader.file_key(), changes, &shown)?;
     let json = stanza_area_json(&stanzas, h.signature.as_ref());
     let area_len = header::canonical_area_len(json.len() as u64);
     if area_len > MAX_STANZA_AREA {
@@ -81,7 +140,7 @@ pub fn rekey_file(
             .map_err(|e| Error::io(e, format!("cannot write {shown}")))?;
         file.sync_all()
             .map_err(|e| Error::io(e, format!("cannot sync {shown}")))?;
-        return Ok(Rekeyed::InPlace);
+        return Ok((Rekeyed::InPlace, stanzas));
     }
 
     // The area grows, shrinks back (it must stay canonical) or spans more than the first
@@ -114,7 +173,144 @@ pub fn rekey_file(
             .map(drop)
             .map_err(|e| e.context("the re-keyed copy does not verify"))
     })?;
-    Ok(Rekeyed::Rewritten)
+    Ok((Rekeyed::Rewritten, stanzas))
+}
+
+fn refuse(msg: String) -> Error {
+    Error::InvalidArgument(msg + "; nothing was changed")
+}
+
+/// The stanza list after `changes` (`current` is the file's, `file_key` what the new stanzas
+/// wrap): the stanzas kept, unchanged and in order, then one per added recipient. Every
+/// removal must name at least one stanza, and an added recipient must not already have one of
+/// the kept stanzas (nor, when stanzas are kept, be added twice).
+pub fn new_stanzas(
+    current: &[Stanza],
+    file_key: &SecretKey,
+    changes: &Changes,
+    shown: &str,
+) -> Result<Vec<Stanza>> {
+    let mut removed = vec![!changes.keep; current.len()];
+    for r in changes.remove {
+        for i in removed_by(r, current, shown)? {
+            removed[i] = true;
+        }
+    }
+    let kept: Vec<(usize, &Stanza)> = current
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !removed[*i])
+        .collect();
+    for (n, r) in changes.add.iter().enumerate() {
+        if let Some((i, _)) = kept.iter().find(|(_, s)| r.owns(s)) {
+            return Err(refuse(format!(
+                "the {} to add already has stanza {i} of {shown} (to renew its stanza, remove \
+                 it in the same re-key)",
+                r.describe()
+            )));
+        }
+        // (Replacing every stanza keeps the older rule: duplicates are the caller's business.)
+        let fp = r.fingerprint();
+        if changes.keep && fp.is_some() && changes.add[..n].iter().any(|o| o.fingerprint() == fp) {
+            return Err(refuse(format!("the same {} is given twice", r.describe())));
+        }
+    }
+    let total = kept.len() + changes.add.len();
+    if total == 0 {
+        return Err(refuse(format!(
+            "this would leave {shown} without any stanza: nobody could open it. Add a key, \
+             recipient or passphrase in the same re-key, or delete the file"
+        )));
+    }
+    if total > MAX_STANZAS {
+        return Err(refuse(format!(
+            "{shown} would have {total} stanzas ({} kept, {} added); a file holds at most \
+             {MAX_STANZAS}",
+            kept.len(),
+            changes.add.len()
+        )));
+    }
+    let passphrase = changes.add.iter().any(Recipient::is_passphrase)
+        || kept.iter().any(|(_, s)| matches!(s, Stanza::Scrypt { .. }));
+    if passphrase && total > 1 {
+        return Err(refuse(format!(
+            "a passphrase (scrypt) stanza must be the only stanza of a file, and {shown} would \
+             have {total}: remove the passphrase (remove_passphrase=True, CLI \
+             --remove-passphrase) to add others, or replace every stanza (replace=True, CLI \
+             --replace)"
+        )));
+    }
+    let mut out: Vec<Stanza> = kept.into_iter().map(|(_, s)| s.clone()).collect();
+    for r in changes.add {
+        out.push(make_stanza(file_key, r, changes.log_n)?);
+    }
+    Ok(out)
+}
+
+/// The positions of the stanzas that `removal` names; an error if it names none.
+fn removed_by(removal: &Removal, current: &[Stanza], shown: &str) -> Result<Vec<usize>> {
+    let n = current.len();
+    let positions = |f: &dyn Fn(&Stanza) -> bool| -> Vec<usize> {
+        (0..n).filter(|&i| f(&current[i])).collect()
+    };
+    let hits = match removal {
+        Removal::Index(i) if *i < n => vec![*i],
+        Removal::Index(i) => {
+            return Err(refuse(format!(
+                "{shown} has no stanza {i}: its {n} stanza(s) are numbered from 0 to {}, as \
+                 `enctensor inspect` lists them",
+                n - 1
+            )))
+        }
+        Removal::Passphrase => positions(&|s| matches!(s, Stanza::Scrypt { .. })),
+        Removal::Holder(cred) => stanzas_of(current, cred)?,
+        Removal::Recipient(r) => {
+            let Some(fp) = r.fingerprint() else {
+                return Err(Error::InvalidArgument(
+                    "a passphrase is not removed as a recipient: remove the passphrase stanza \
+                     (remove_passphrase=True, CLI --remove-passphrase)"
+                        .into(),
+                ));
+            };
+            positions(&|s| s.fingerprint() == Some(&fp))
+        }
+    };
+    if !hits.is_empty() {
+        return Ok(hits);
+    }
+    Err(refuse(match removal {
+        Removal::Index(_) => unreachable!("an index in range names its stanza"),
+        Removal::Passphrase => format!("{shown} has no passphrase (scrypt) stanza to remove"),
+        Removal::Holder(cred) => format!(
+            "the {} given to remove opens no stanza of {shown}",
+            cred.describe()
+        ),
+        Removal::Recipient(r) => {
+            let without = positions(&|s| s.fingerprint().is_none()).len();
+            let how = "remove its stanza with the recipient's private key (remove_keys=, CLI \
+                       --remove-identity), or by its number (remove_stanzas=, CLI --remove-stanza \
+                       N, numbered from 0 as `enctensor inspect` lists them), or re-encrypt the \
+                       file";
+            if without == n {
+                format!(
+                    "the stanzas of {shown} carry no recipient fingerprints (it was written \
+                     without them: fingerprints=True, CLI --fingerprint), so a public key cannot \
+                     tell which stanza is its recipient's: {how}"
+                )
+            } else if without > 0 {
+                format!(
+                    "no stanza of {shown} carries the fingerprint of this {}; {without} of its \
+                     {n} stanzas carry no fingerprint and one of them may be its: {how}",
+                    r.describe()
+                )
+            } else {
+                format!(
+                    "no stanza of {shown} is for this {} (none carries its fingerprint)",
+                    r.describe()
+                )
+            }
+        }
+    }))
 }
 
 /// Opens `path` read-write and takes an exclusive lock on it with `flock`. The lock is

@@ -133,11 +133,17 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// One stanza as compact JSON. A stanza of an unknown type (kept by a re-key) is written back
+/// with the members it was read with, in order.
 fn stanza_json(s: &Stanza) -> String {
+    // The optional member last, so that a stanza without one is the same bytes as before.
+    let fp = s.fingerprint().map_or(String::new(), |f| {
+        format!(r#","{}":"{}""#, header::FINGERPRINT_MEMBER, hex(f))
+    });
     match s {
-        Stanza::Key { salt, body } => {
+        Stanza::Key { salt, body, .. } => {
             format!(
-                r#"{{"type":"key","salt":"{}","body":"{}"}}"#,
+                r#"{{"type":"key","salt":"{}","body":"{}"{fp}}}"#,
                 hex(salt),
                 hex(body)
             )
@@ -147,15 +153,27 @@ fn stanza_json(s: &Stanza) -> String {
             hex(salt),
             hex(body)
         ),
-        Stanza::X25519 { share, body } => {
+        Stanza::X25519 { share, body, .. } => {
             format!(
-                r#"{{"type":"x25519","share":"{}","body":"{}"}}"#,
+                r#"{{"type":"x25519","share":"{}","body":"{}"{fp}}}"#,
                 hex(share),
                 hex(body)
             )
         }
-        Stanza::RsaOaep { body } => format!(r#"{{"type":"rsa-oaep","body":"{}"}}"#, hex(body)),
-        Stanza::Unknown { .. } => unreachable!("writers only make known stanzas"),
+        Stanza::RsaOaep { body, .. } => {
+            format!(r#"{{"type":"rsa-oaep","body":"{}"{fp}}}"#, hex(body))
+        }
+        Stanza::Unknown { members, .. } => {
+            let members = members
+                .iter()
+                .map(|(k, v)| match v {
+                    header::Member::Str(s) => format!("{}:{}", json_str(k), json_str(s)),
+                    header::Member::Int(n) => format!("{}:{n}", json_str(k)),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            format!("{{{members}}}")
+        }
     }
 }
 
@@ -623,6 +641,7 @@ pub fn atomic_replace<T>(
     fill: impl FnOnce(&mut BufWriter<File>) -> Result<T>,
 ) -> Result<T> {
     let shown = path.display().to_string();
+    let path = &replaced_file(path, &shown)?;
     let (mut temp, dir, file) = TempFile::beside(path, &shown)?;
     // Before any byte is written, so that the data is never readable more widely than before.
     if let Ok(old) = fs::metadata(path) {
@@ -648,6 +667,43 @@ pub fn atomic_replace<T>(
     // Make the rename itself durable.
     sync_dir(&dir);
     Ok(out)
+}
+
+/// The file that writing `path` (`shown` in messages) replaces: `path`, or the file a symbolic
+/// link there points to (the link stays, as when a file is opened for writing through it).
+/// Anything else that is not a regular file (a device such as /dev/stdout, a FIFO, a socket, a
+/// directory, a dangling link) is refused: renaming over it would replace it, not write to it.
+fn replaced_file(path: &Path, shown: &str) -> Result<PathBuf> {
+    let refuse = |what: &str| {
+        Err(Error::InvalidArgument(format!(
+            "{shown} is {what}: enctensor writes files by renaming a new file over the path, \
+             give the path of a regular file"
+        )))
+    };
+    let link = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(path.to_path_buf()),
+        Err(e) => return Err(Error::io(e, format!("cannot stat {shown}"))),
+        Ok(md) => md.file_type().is_symlink(),
+    };
+    let real = if link {
+        match fs::canonicalize(path) {
+            Ok(real) => real,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return refuse("a symbolic link to a file that does not exist")
+            }
+            Err(e) => return Err(Error::io(e, format!("cannot resolve {shown}"))),
+        }
+    } else {
+        path.to_path_buf()
+    };
+    let md = fs::metadata(&real).map_err(|e| Error::io(e, format!("cannot stat {shown}")))?;
+    if md.is_file() {
+        Ok(real)
+    } else if md.is_dir() {
+        refuse("a directory")
+    } else {
+        refuse("not a regular file (a device, FIFO or socket)")
+    }
 }
 
 /// Writes `path` atomically: a crash or error leaves any previous file at `path` intact.

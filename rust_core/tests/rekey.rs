@@ -125,3 +125,232 @@ fn more_than_256_recipients_leave_the_file_untouched() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// --- Adding and removing stanzas, keeping the others (issue 13) --------------------------------
+
+use enctensor_core::header::{Member, Stanza};
+use enctensor_core::keys::stanzas_of;
+use enctensor_core::{change_stanzas, Changes, Removal};
+
+const KEY_B: [u8; 32] = [0x43; 32];
+const X_SECRET: [u8; 32] = [0x11; 32];
+
+fn x25519_public(secret: &[u8; 32]) -> Vec<u8> {
+    use aws_lc_rs::agreement::{PrivateKey, X25519};
+    let me = PrivateKey::from_private_key(&X25519, secret).unwrap();
+    me.compute_public_key().unwrap().as_ref().to_vec()
+}
+
+fn opens(path: &std::path::Path, cred: &Credential) -> bool {
+    match Reader::open(path, cred, Some(&public()), 18) {
+        Ok(r) => {
+            r.verify_all().unwrap();
+            true
+        }
+        Err(Error::WrongKey(_)) => false,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn stanzas(path: &std::path::Path) -> Vec<Stanza> {
+    header::parse_file(&std::fs::read(path).unwrap())
+        .unwrap()
+        .stanzas
+}
+
+fn change(
+    path: &std::path::Path,
+    remove: &[Removal],
+    add: &[Recipient],
+) -> Result<(Rekeyed, Vec<Stanza>), Error> {
+    let changes = Changes {
+        keep: true,
+        remove,
+        add,
+        log_n: 10,
+    };
+    change_stanzas(path, &Credential::key(&KEY).unwrap(), &changes, 18)
+}
+
+#[test]
+fn adding_keeps_every_other_stanza_and_removing_takes_only_what_it_names() {
+    let dir = scratch("add-remove");
+    let path = dir.join("m.enct");
+    std::fs::write(&path, signed_file()).unwrap();
+    let (a, b) = (
+        Credential::key(&KEY).unwrap(),
+        Credential::key(&KEY_B).unwrap(),
+    );
+    let x = Credential::x25519(&X_SECRET).unwrap();
+    let x_pub = x25519_public(&X_SECRET);
+    let before = stanzas(&path);
+
+    // Add a raw key (no fingerprint) and an X25519 recipient with its fingerprint.
+    let add = [
+        Recipient::key(&KEY_B).unwrap(),
+        Recipient::x25519(&x_pub)
+            .unwrap()
+            .with_fingerprint()
+            .unwrap(),
+    ];
+    let (how, after) = change(&path, &[], &add).unwrap();
+    assert_eq!(how, Rekeyed::InPlace);
+    assert_eq!(after, stanzas(&path));
+    assert_eq!(after.len(), 3);
+    assert_eq!(after[0], before[0], "the kept stanza is unchanged");
+    assert_eq!(after[1].fingerprint(), None);
+    let x_fp = Recipient::x25519(&x_pub).unwrap().fingerprint().unwrap();
+    assert_eq!(after[2].fingerprint(), Some(&x_fp));
+    assert!(opens(&path, &a) && opens(&path, &b) && opens(&path, &x));
+    // Each key finds its own stanza without any fingerprint; the RSA-free file has no other.
+    assert_eq!(stanzas_of(&after, &b).unwrap(), [1]);
+    assert_eq!(stanzas_of(&after, &x).unwrap(), [2]);
+    let stranger = Credential::key(&[0x99; 32]).unwrap();
+    assert!(stanzas_of(&after, &stranger).unwrap().is_empty());
+
+    // Remove the X25519 recipient by its fingerprint: only it loses access.
+    let gone = [Removal::Recipient(Recipient::x25519(&x_pub).unwrap())];
+    let (_, after) = change(&path, &gone, &[]).unwrap();
+    assert_eq!(after.len(), 2);
+    assert!(opens(&path, &a) && opens(&path, &b) && !opens(&path, &x));
+
+    // Remove B by its key (found by its commitment), then the first stanza by its position.
+    let (_, after) = change(
+        &path,
+        &[Removal::Holder(Credential::key(&KEY_B).unwrap())],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(after, before);
+    assert!(opens(&path, &a) && !opens(&path, &b));
+    change(&path, &[], &[Recipient::key(&KEY_B).unwrap()]).unwrap();
+    let (_, after) = change(&path, &[Removal::Index(0)], &[]).unwrap();
+    assert_eq!(after.len(), 1);
+    assert!(!opens(&path, &a) && opens(&path, &b));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn refusals_change_nothing() {
+    let dir = scratch("refusals");
+    let path = dir.join("m.enct");
+    std::fs::write(&path, signed_file()).unwrap();
+    let x_pub = x25519_public(&X_SECRET);
+    // An X25519 stanza without a fingerprint.
+    change(&path, &[], &[Recipient::x25519(&x_pub).unwrap()]).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let refused = |remove: &[Removal], add: &[Recipient], want: &[&str]| {
+        let err = change(&path, remove, add).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{msg}");
+        for w in want {
+            assert!(msg.contains(w), "{w:?} not in {msg}");
+        }
+        assert!(
+            msg.contains("nothing was changed") || msg.contains("nothing to change"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    };
+    // A public key cannot find its stanza in a file without fingerprints: say how to proceed.
+    refused(
+        &[Removal::Recipient(Recipient::x25519(&x_pub).unwrap())],
+        &[],
+        &[
+            "carry no recipient fingerprints",
+            "--remove-stanza",
+            "--remove-identity",
+            "re-encrypt",
+        ],
+    );
+    // Removing every stanza would lock everyone out.
+    refused(
+        &[Removal::Index(0), Removal::Index(1)],
+        &[],
+        &["without any stanza", "nobody could open it"],
+    );
+    refused(&[Removal::Index(2)], &[], &["no stanza 2", "0 to 1"]);
+    refused(&[Removal::Passphrase], &[], &["no passphrase"]);
+    refused(
+        &[Removal::Holder(Credential::key(&KEY_B).unwrap())],
+        &[],
+        &["raw key given to remove opens no stanza"],
+    );
+    // A key that already has a kept stanza, or the same recipient twice.
+    refused(
+        &[],
+        &[Recipient::key(&KEY).unwrap()],
+        &["already has stanza 0"],
+    );
+    refused(
+        &[],
+        &[
+            Recipient::key(&KEY_B).unwrap(),
+            Recipient::key(&KEY_B).unwrap(),
+        ],
+        &["given twice"],
+    );
+    // A passphrase only alone.
+    refused(
+        &[],
+        &[Recipient::passphrase("pw pw pw").unwrap()],
+        &["only stanza", "--remove-passphrase", "--replace"],
+    );
+    refused(&[], &[], &["nothing to change"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_passphrase_is_replaced_by_removing_it_and_unknown_stanzas_are_kept() {
+    let dir = scratch("passphrase");
+    let path = dir.join("m.enct");
+    std::fs::write(&path, signed_file()).unwrap();
+    let key = Credential::key(&KEY).unwrap();
+    let pw = Credential::passphrase("correct horse").unwrap();
+    rekey_file(
+        &path,
+        &key,
+        &[Recipient::passphrase("correct horse").unwrap()],
+        10,
+        18,
+    )
+    .unwrap();
+    let changes = Changes {
+        keep: true,
+        remove: &[Removal::Passphrase],
+        add: &[Recipient::key(&KEY).unwrap()],
+        log_n: 10,
+    };
+    let (_, after) = change_stanzas(&path, &pw, &changes, 18).unwrap();
+    assert!(matches!(after[..], [Stanza::Key { .. }]));
+    assert!(opens(&path, &key) && !opens(&path, &pw));
+
+    // A stanza of a type this reader does not know (a future one), put in by hand: a re-key
+    // that adds a key keeps it, every member as it was.
+    let mut file = std::fs::read(&path).unwrap();
+    let h = header::parse_file(&file).unwrap();
+    let future = Stanza::Unknown {
+        kind: "future".into(),
+        members: vec![
+            ("type".into(), Member::Str("future".into())),
+            ("n".into(), Member::Int(7)),
+            ("text".into(), Member::Str("é \"quoted\"".into())),
+        ],
+    };
+    let json = enctensor_core::writer::stanza_area_json(
+        &[h.stanzas[0].clone(), future.clone()],
+        h.signature.as_ref(),
+    );
+    let area = enctensor_core::writer::padded_area(&json, h.stanza_area_len);
+    file[32..32 + area.len()].copy_from_slice(&area);
+    std::fs::write(&path, &file).unwrap();
+    assert_eq!(stanzas(&path)[1], future);
+    let (_, after) = change(&path, &[], &[Recipient::key(&KEY_B).unwrap()]).unwrap();
+    assert_eq!(after[1], future);
+    assert_eq!(stanzas(&path), after);
+    assert!(opens(&path, &Credential::key(&KEY_B).unwrap()));
+    // It can be removed by its position only.
+    let (_, after) = change(&path, &[Removal::Index(1)], &[]).unwrap();
+    assert!(!after.contains(&future));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -300,7 +300,7 @@ fn file_key_of(file: &[u8], key: &[u8; 32]) -> [u8; 32] {
     use enctensor_core::crypto::{hkdf, GcmKey};
     let h = header::parse_file(file).unwrap();
     let (salt, body) = match &h.stanzas[0] {
-        enctensor_core::Stanza::Key { salt, body } => (*salt, *body),
+        enctensor_core::Stanza::Key { salt, body, .. } => (*salt, *body),
         other => panic!("not a key stanza: {other:?}"),
     };
     let wrap = hkdf(key, &salt, &[b"enctensor.v1 key"]);

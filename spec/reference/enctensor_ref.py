@@ -53,7 +53,7 @@ from typing import Any
 
 import blake3 as _blake3
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -92,6 +92,7 @@ __all__ = [
     "read",
     "read_sharded",
     "read_tensor",
+    "recipient_fingerprint",
     "rekey",
     "signature_message",
     "stanza_area_json",
@@ -317,6 +318,14 @@ KEY_STANZA_MEMBERS = frozenset({"type", "salt", "body"})
 SCRYPT_STANZA_MEMBERS = frozenset({"type", "salt", "log_n", "body"})
 X25519_STANZA_MEMBERS = frozenset({"type", "share", "body"})
 RSA_OAEP_STANZA_MEMBERS = frozenset({"type", "body"})
+# Spec, Recipient fingerprints: an optional member of these three types (never of scrypt).
+FINGERPRINT_MEMBER = "fingerprint"
+FINGERPRINT_LEN = 16
+FINGERPRINT_INFO = {
+    "key": b"enctensor.v1 fingerprint key",
+    "x25519": b"enctensor.v1 fingerprint x25519",
+    "rsa-oaep": b"enctensor.v1 fingerprint rsa-oaep",
+}
 WRAP_NONCE = bytes(12)
 COMMITMENT_INFO = b"enctensor.v1 stanza commitment"
 SEAL_INFO = b"enctensor.v1 stanza seal"
@@ -835,12 +844,24 @@ def _check_stanza(stanza: dict[str, Any]) -> None:
                 raise FormatFailure("stanza string longer than 16,384 bytes")
 
     kind = stanza["type"]
+    if kind in FINGERPRINT_INFO and FINGERPRINT_MEMBER in stanza:
+        # Spec, Recipient fingerprints: optional, exactly 16 bytes of lowercase hex; it is
+        # checked here and ignored when opening.
+        if not is_hex(stanza[FINGERPRINT_MEMBER], FINGERPRINT_LEN):
+            raise FormatFailure(
+                f"{kind} stanza fingerprint is not {2 * FINGERPRINT_LEN} lowercase hex digits"
+            )
+        stanza = {m: v for m, v in stanza.items() if m != FINGERPRINT_MEMBER}
     if kind == "key":
         if set(stanza) != KEY_STANZA_MEMBERS:
             raise FormatFailure(f"key stanza members {sorted(stanza)}")
         if not is_hex(stanza["salt"], SALT_LEN):
             raise FormatFailure("key stanza salt is not 32 lowercase hex digits")
     elif kind == "scrypt":
+        if FINGERPRINT_MEMBER in stanza:
+            raise FormatFailure(
+                "an scrypt stanza has no fingerprint (it would test passphrases without scrypt)"
+            )
         if set(stanza) != SCRYPT_STANZA_MEMBERS:
             raise FormatFailure(f"scrypt stanza members {sorted(stanza)}")
         log_n = stanza["log_n"]
@@ -1492,6 +1513,26 @@ def rsa_oaep_stanza(
     return {"type": "rsa-oaep", "body": body.hex()}
 
 
+def recipient_fingerprint(recipient: bytes | Recipient) -> bytes:
+    """Spec, Recipient fingerprints: the first 16 bytes of HKDF(ikm = X, salt = "", info =
+    "enctensor.v1 fingerprint <type>"), X being a raw 32-byte key (type key), an X25519 public
+    key's 32 bytes (x25519) or an RSA public key's DER SubjectPublicKeyInfo (rsa-oaep)."""
+    if isinstance(recipient, bytes):
+        if len(recipient) != 32:
+            raise ValueError("keys are exactly 32 bytes")
+        kind, material = "key", recipient
+    elif isinstance(recipient, X25519PublicKey):
+        kind, material = "x25519", recipient.public_bytes_raw()
+    elif isinstance(recipient, RSAPublicKey):
+        kind = "rsa-oaep"
+        material = recipient.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    else:
+        raise TypeError("a fingerprint is of a raw key, an X25519PublicKey or an RSAPublicKey")
+    return hkdf(material, b"", FINGERPRINT_INFO[kind])[:FINGERPRINT_LEN]
+
+
 def make_stanzas(
     file_key: bytes,
     *,
@@ -1501,15 +1542,20 @@ def make_stanzas(
     log_n: int = 18,
     rng: Callable[[int], bytes],
     oaep_encrypt: OaepEncrypt = oaep_encrypt_randomized,
+    fingerprints: bool = False,
 ) -> list[dict[str, Any]]:
     """Stanzas for the given keys, then the recipients, in order; or one scrypt stanza.
 
     Randomness comes from rng: a 16-byte salt per key or scrypt stanza and a 32-byte
     ephemeral secret per X25519 recipient, in stanza order (RSA-OAEP uses oaep_encrypt).
-    More than 256 stanzas are refused (ValueError) before anything is computed."""
+    With ``fingerprints``, each key and recipient stanza carries its recipient's fingerprint
+    (a passphrase has none: ValueError). More than 256 stanzas are refused (ValueError) before
+    anything is computed."""
     if passphrase is not None:
         if keys or recipients:
             raise ValueError("an scrypt stanza must be the only stanza of its file")
+        if fingerprints:
+            raise ValueError("an scrypt stanza has no fingerprint")
         if not MIN_LOG_N <= log_n <= MAX_LOG_N:
             raise ValueError(f"log_n must lie in [{MIN_LOG_N}, {MAX_LOG_N}]")
         return [scrypt_stanza(file_key, passphrase, rng(SALT_LEN), log_n)]
@@ -1527,6 +1573,9 @@ def make_stanzas(
             stanzas.append(rsa_oaep_stanza(file_key, r, oaep_encrypt))
         else:
             raise TypeError("a recipient is an X25519PublicKey or an RSAPublicKey")
+    if fingerprints:
+        for stanza, whose in zip(stanzas, [*keys, *recipients], strict=True):
+            stanza[FINGERPRINT_MEMBER] = recipient_fingerprint(whose).hex()
     return stanzas
 
 

@@ -3233,6 +3233,182 @@ def rsa_oaep_missing_body() -> Vector:
     return _rsa_fail("rsa_oaep_missing_body", "An rsa-oaep stanza without 'body'", lambda s: s[0].pop("body"))
 
 
+# ---- recipient fingerprints (an optional stanza member, checked but ignored when opening) ----
+
+FingerprintOf = bytes | ref.Recipient | None
+
+
+def with_fingerprints(d: ref.Draft, *whose: FingerprintOf) -> ref.Draft:
+    """``d`` with, on stanza i, the fingerprint of whose[i] (a raw key or a public key; None
+    for no fingerprint). The stanza area is covered by no MAC: this is what a writer that
+    asks for fingerprints writes."""
+    assert len(whose) == len(d.stanzas)
+    for stanza, w in zip(d.stanzas, whose, strict=True):
+        if w is not None:
+            stanza[ref.FINGERPRINT_MEMBER] = ref.recipient_fingerprint(w).hex()
+    return d
+
+
+@vector
+def fingerprint_key_stanzas() -> Vector:
+    tensors = small()
+    d = make("fingerprint_key_stanzas", tensors, SMALL_META, keys=(KEY_B, KEY_A))
+    return ok(
+        "Two key stanzas, each with the fingerprint of its key (the first 16 bytes of HKDF(key, "
+        "'', 'enctensor.v1 fingerprint key')); the reader's key opens the second.",
+        with_fingerprints(d, KEY_B, KEY_A),
+        tensors,
+        SMALL_META,
+    )
+
+
+@vector
+def fingerprint_x25519() -> Vector:
+    d = _x25519_draft("fingerprint_x25519", X25519_B, X25519_A)
+    return ok(
+        "Two x25519 stanzas with the fingerprints of their recipients (the first 16 bytes of "
+        "HKDF(public key, '', 'enctensor.v1 fingerprint x25519')); the identity is the second.",
+        with_fingerprints(d, X25519_B.public_key(), X25519_A.public_key()),
+        small(),
+        SMALL_META,
+        identity=X25519_A,
+    )
+
+
+@vector
+def fingerprint_rsa_oaep() -> Vector:
+    return ok(
+        "The file of rsa_oaep_success with the recipient's fingerprint on its stanza (the first "
+        "16 bytes of HKDF(DER SubjectPublicKeyInfo, '', 'enctensor.v1 fingerprint rsa-oaep')).",
+        with_fingerprints(_rsa_draft("rsa_oaep"), RSA_A.public_key()),
+        small(),
+        SMALL_META,
+        identity=RSA_A,
+    )
+
+
+@vector
+def fingerprint_mislabelled() -> Vector:
+    tensors = small()
+    d = make("fingerprint_mislabelled", tensors, SMALL_META, keys=(KEY_B, KEY_A))
+    return ok(
+        "Two key stanzas whose fingerprints are swapped: the first (B's) carries A's fingerprint. "
+        "A reader MUST ignore fingerprints when opening: with A it tries both and the second opens "
+        "(a reader that tried only the stanza labelled with its key's fingerprint would fail).",
+        with_fingerprints(d, KEY_A, KEY_B),
+        tensors,
+        SMALL_META,
+    )
+
+
+@vector
+def fingerprint_label_does_not_open() -> Vector:
+    d = make("fingerprint_label_does_not_open", small(), SMALL_META)
+    return fail(
+        "no match",
+        "A's key stanza labelled with the fingerprint of the reader's (wrong) key: a label opens nothing.",
+        finish(with_fingerprints(d, KEY_WRONG)),
+        key=KEY_WRONG,
+    )
+
+
+@vector
+def fingerprint_on_unknown_type_ignored() -> Vector:
+    tensors = small()
+    d = make("fingerprint_on_unknown_type_ignored", tensors, SMALL_META)
+    d.stanzas.append({"type": "future-kem", "fingerprint": "not hex, and not 16 bytes"})
+    return ok(
+        "A stanza of an unknown type with a member named fingerprint that is no fingerprint: the "
+        "member's rules apply to key, x25519 and rsa-oaep stanzas only.",
+        d,
+        tensors,
+        SMALL_META,
+    )
+
+
+def _bad_fingerprint(label: str, value: object, comment: str) -> Vector:
+    d = make(label, small(), SMALL_META)
+    d.stanzas[0][ref.FINGERPRINT_MEMBER] = value
+    return fail("format failure", comment, finish(d))
+
+
+@vector
+def fingerprint_short() -> Vector:
+    return _bad_fingerprint(
+        "fingerprint_short",
+        fill("fingerprint_short", 15).hex(),
+        "A key stanza's fingerprint is 15 bytes (30 hex digits), not 16.",
+    )
+
+
+@vector
+def fingerprint_long() -> Vector:
+    d = _x25519_draft("fingerprint_long", X25519_A)
+    d.stanzas[0][ref.FINGERPRINT_MEMBER] = fill("fingerprint_long", 17).hex()
+    return fail(
+        "format failure",
+        "An x25519 stanza's fingerprint is 17 bytes (34 hex digits), not 16.",
+        finish(d),
+        identity=X25519_A,
+    )
+
+
+@vector
+def fingerprint_uppercase() -> Vector:
+    d = with_fingerprints(_rsa_draft("rsa_oaep"), RSA_A.public_key())
+    d.stanzas[0][ref.FINGERPRINT_MEMBER] = d.stanzas[0][ref.FINGERPRINT_MEMBER].upper()
+    assert d.stanzas[0][ref.FINGERPRINT_MEMBER] != d.stanzas[0][ref.FINGERPRINT_MEMBER].lower()
+    return fail(
+        "format failure",
+        "The rsa-oaep stanza of fingerprint_rsa_oaep with its fingerprint in uppercase hex.",
+        finish(d),
+        identity=RSA_A,
+    )
+
+
+@vector
+def fingerprint_not_hex() -> Vector:
+    return _bad_fingerprint(
+        "fingerprint_not_hex", "zz" * 16, "A key stanza's fingerprint is 32 characters that are not hex."
+    )
+
+
+@vector
+def fingerprint_empty() -> Vector:
+    return _bad_fingerprint("fingerprint_empty", "", "A key stanza's fingerprint is the empty string.")
+
+
+@vector
+def fingerprint_integer() -> Vector:
+    return _bad_fingerprint(
+        "fingerprint_integer", 12345, "A key stanza's fingerprint is an integer, not a hex string."
+    )
+
+
+@vector
+def fingerprint_huge() -> Vector:
+    return _bad_fingerprint(
+        "fingerprint_huge",
+        "ab" * 8192,
+        "A key stanza's fingerprint is 16,384 hex digits: within the 16,384-byte string limit of "
+        "every stanza (the stanza area spans several pages), refused for its length.",
+    )
+
+
+@vector
+def fingerprint_on_scrypt() -> Vector:
+    d = make("fingerprint_on_scrypt", small(), SMALL_META, passphrase=PASSPHRASE)
+    d.stanzas[0][ref.FINGERPRINT_MEMBER] = fill("fingerprint_on_scrypt", 16).hex()
+    return fail(
+        "format failure",
+        "An scrypt stanza with a well-formed fingerprint: a passphrase stanza has none (one derived "
+        "from the passphrase would test guesses without scrypt), refused before scrypt runs.",
+        finish(d),
+        key=None,
+        passphrase=PASSPHRASE,
+    )
+
+
 # ---- mixed stanzas ----
 
 
