@@ -15,6 +15,7 @@ from ._alloc import aligned_empty, destinations
 from ._dtypes import format_dtype, numpy_dtype
 from ._frameworks import converter
 from ._keys import (
+    Key,
     KeyArg,
     Passphrase,
     Recipient,
@@ -23,6 +24,7 @@ from ._keys import (
     WriteKey,
     check_keys,
     check_passphrase,
+    holder_kwargs,
     opener,
     recipient_kwargs,
     sign_seed,
@@ -207,13 +209,24 @@ def _write_args(
     metadata: Mapping[str, str] | None,
     chunk_size: int,
     scrypt_log_n: int,
+    fingerprints: bool = False,
 ) -> dict[str, Any]:
     keys = check_keys(key)
     p = check_passphrase(passphrase)
     public = recipient_kwargs(recipients)
     if not keys and p is None and not public["x25519"] and not public["rsa_spki"]:
         raise ValueError("give a key (32 bytes), recipients or a passphrase to encrypt to")
+    if not isinstance(fingerprints, bool):
+        raise TypeError(f"fingerprints must be a bool, not {type(fingerprints).__name__}")
+    if fingerprints and p is not None:
+        raise ValueError(
+            "a passphrase stanza cannot carry a fingerprint (it would test guesses without scrypt):"
+            " leave fingerprints=False"
+        )
+    # Given only when asked for: the core's default is no fingerprints.
+    extra: dict[str, Any] = {"fingerprints": True} if fingerprints else {}
     return {
+        **extra,
         "metadata": _check_metadata(metadata),
         "keys": keys,
         "passphrase": p,
@@ -237,6 +250,7 @@ def save(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
     overwrite: bool = True,
+    fingerprints: bool = False,
 ) -> None:
     """Encrypts ``tensors`` to ``path`` atomically (temporary file, fsync, rename).
 
@@ -255,6 +269,11 @@ def save(
     ``sign_with`` (an Ed25519 private key, or a ``pathlib.Path`` to its PEM file) signs the
     file for ``load(..., verify_with=...)``. Tensors named in ``plaintext`` are stored
     unencrypted but still authenticated.
+
+    ``fingerprints=True`` makes each key and recipient stanza carry its recipient's fingerprint,
+    so that :func:`rekey` can later remove a recipient by its public key and ``inspect`` shows
+    whose each stanza is; the file then tells anyone who knows a recipient's public key that it
+    opens the file (SECURITY.md, "Recipient fingerprints"). Off by default, as in age.
     """
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be a bool, not {type(overwrite).__name__}")
@@ -262,7 +281,9 @@ def save(
     if not overwrite and os.path.lexists(p):
         raise FileExistsError(errno.EEXIST, "already exists", p)
     rows = _tensor_rows(tensors, plaintext)
-    args = _write_args(key, passphrase, recipients, sign_with, metadata, chunk_size, scrypt_log_n)
+    args = _write_args(
+        key, passphrase, recipients, sign_with, metadata, chunk_size, scrypt_log_n, fingerprints
+    )
     if overwrite:
         _core.write_file(p, rows, **args)
         return
@@ -287,10 +308,13 @@ def save_bytes(
     plaintext: Iterable[str] = (),
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
+    fingerprints: bool = False,
 ) -> bytes:
     """Like :func:`save`, returning the encrypted file as bytes."""
     rows = _tensor_rows(tensors, plaintext)
-    args = _write_args(key, passphrase, recipients, sign_with, metadata, chunk_size, scrypt_log_n)
+    args = _write_args(
+        key, passphrase, recipients, sign_with, metadata, chunk_size, scrypt_log_n, fingerprints
+    )
     return _core.write_bytes(rows, **args)
 
 
@@ -339,6 +363,42 @@ def _open_file(
     return reader
 
 
+def _open_readers(
+    path: PathLike,
+    key: object,
+    passphrase: object,
+    verify_with: object = None,
+    *,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+) -> tuple[list[_core.Reader], bool]:
+    """Opens and authenticates ``path``: an enctensor file (one reader; ``False``) or the
+    index of an encrypted sharded checkpoint (a reader per shard, in set order, after the set
+    was checked to be whole, see :func:`enctensor._sharded.open_set`; ``True``). The arguments
+    are those of :func:`_open` and apply to every shard; a directory or an index of
+    unencrypted shards is refused as :func:`_open` refuses it."""
+    p = _file_name(path)
+    fmt = _index_format(p)
+    if fmt == "enctensor-index":
+        from ._sharded import open_set
+
+        shards = open_set(
+            p,
+            key=key,
+            passphrase=passphrase,
+            verify_with=verify_with,
+            expect_metadata=expect_metadata,
+            max_scrypt_log_n=max_scrypt_log_n,
+        )
+        return [reader for _, reader in shards], True
+    if fmt is not None:
+        raise _not_one_file(p, fmt, "this function")
+    reader = _open_file(
+        p, key, passphrase, verify_with, expect_metadata=expect_metadata, max_scrypt_log_n=max_scrypt_log_n
+    )
+    return [reader], False
+
+
 def _open_bytes(
     data: bytes | bytearray | memoryview,
     key: object,
@@ -367,6 +427,14 @@ def read_all(reader: _core.Reader) -> dict[str, np.ndarray]:
         name: buf.view(numpy_dtype(dtype)).reshape(shape)
         for (name, dtype, shape, _, _), buf in zip(rows, bufs, strict=True)
     }
+
+
+def read_readers(readers: Iterable[_core.Reader]) -> dict[str, np.ndarray]:
+    """:func:`read_all` of each reader in turn (the shards of a set), in one dict."""
+    out: dict[str, np.ndarray] = {}
+    for reader in readers:
+        out.update(read_all(reader))
+    return out
 
 
 def load(
@@ -401,31 +469,15 @@ def load(
     extra, swapped or mixed-in shard is an :class:`IntegrityError`) and applies these
     arguments to every shard. A directory is an :class:`IsADirectoryError` saying so.
     """
-    p = _file_name(path)
-    fmt = _index_format(p)
-    if fmt == "enctensor-index":
-        from ._sharded import load_sharded
-
-        return load_sharded(
-            p,
-            key=key,
-            passphrase=passphrase,
-            verify_with=verify_with,
-            expect_metadata=expect_metadata,
-            max_scrypt_log_n=max_scrypt_log_n,
-        )
-    if fmt is not None:
-        raise _not_one_file(p, fmt, "enctensor.load")
-    return read_all(
-        _open_file(
-            p,
-            key,
-            passphrase,
-            verify_with,
-            expect_metadata=expect_metadata,
-            max_scrypt_log_n=max_scrypt_log_n,
-        )
+    readers, _ = _open_readers(
+        path,
+        key,
+        passphrase,
+        verify_with,
+        expect_metadata=expect_metadata,
+        max_scrypt_log_n=max_scrypt_log_n,
     )
+    return read_readers(readers)
 
 
 def load_bytes(
@@ -517,49 +569,216 @@ def rekey(
     *,
     key: KeyArg | None = None,
     passphrase: Passphrase | None = None,
-    new_keys: Iterable[WriteKey] = (),
+    add_keys: WriteKey | Iterable[WriteKey] = (),
+    add_recipients: Recipient | Iterable[Recipient] = (),
+    add_passphrase: Passphrase | None = None,
+    remove_keys: Key | Iterable[Key] = (),
+    remove_recipients: Recipient | Iterable[Recipient] = (),
+    remove_stanzas: Iterable[int] = (),
+    remove_passphrase: bool = False,
+    replace: bool = False,
+    fingerprints: bool = False,
+    new_keys: WriteKey | Iterable[WriteKey] = (),
     new_recipients: Recipient | Iterable[Recipient] = (),
     new_passphrase: Passphrase | None = None,
     scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
 ) -> str:
-    """Replaces who can open ``path``: opened with ``key`` or ``passphrase``, its stanzas are
-    replaced by ones for ``new_keys``, ``new_recipients`` and ``new_passphrase``. Tensor bytes,
-    header, MAC and any signature are untouched. Usually one single-page write
+    """Changes who can open ``path``, opened with ``key`` or ``passphrase``: adds stanzas for
+    ``add_keys``, ``add_recipients`` and ``add_passphrase`` and removes those named by the
+    ``remove_*`` arguments, keeping every other stanza as it is.
+
+    - ``remove_keys``: raw keys, X25519 or RSA private keys, or ``pathlib.Path``s to key files;
+      each removes the stanzas it opens (found without fingerprints: for ``key`` and ``x25519``
+      stanzas by their commitment, nothing is decrypted).
+    - ``remove_recipients``: X25519 or RSA public keys (as ``recipients=`` of :func:`save`);
+      each removes the stanzas carrying its fingerprint, so only in files written with
+      ``fingerprints=True``; otherwise the error says how to proceed.
+    - ``remove_stanzas``: positions, from 0, in the order of ``inspect(path)["stanza_details"]``.
+    - ``remove_passphrase``: the passphrase stanza (a passphrase is always a file's only stanza:
+      remove it to add others, or add one after removing the others).
+
+    ``fingerprints=True`` makes the added stanzas carry their recipient's fingerprint (see
+    SECURITY.md, "Recipient fingerprints": the file then tells anyone who knows a recipient's
+    public key that it opens the file). ``replace=True`` removes every current stanza (nothing
+    may then be named for removal); ``new_keys``, ``new_recipients`` and ``new_passphrase``, the
+    older form, are ``replace=True`` with those added. Every removal must name a stanza, and a
+    change that would leave no stanza (nobody could open the file) is refused, before anything
+    is written.
+
+    Tensor bytes, header, MAC and any signature are untouched. Usually one single-page write
     (``"in-place"``); when the new stanzas do not fit, the file is rewritten atomically with the
     tensor bytes copied unchanged (``"rewritten"``). The file key stays the same: whoever knew
     it keeps access; to revoke, re-encrypt with :func:`save`. Keys, passphrases and
     ``max_scrypt_log_n`` are taken as by :func:`load` and :func:`save`.
     """
     cap = check_max_scrypt_log_n(max_scrypt_log_n)
-    if isinstance(new_keys, str | bytes | bytearray | memoryview | os.PathLike):
-        keys = check_keys(new_keys, "new_keys")
-    else:
-        keys = check_keys(list(new_keys), "new_keys")
-    public = recipient_kwargs(new_recipients)
-    new_p = check_passphrase(new_passphrase, "new_passphrase")
+    changes = stanza_changes(
+        add_keys=add_keys,
+        add_recipients=add_recipients,
+        add_passphrase=add_passphrase,
+        remove_keys=remove_keys,
+        remove_recipients=remove_recipients,
+        remove_stanzas=remove_stanzas,
+        remove_passphrase=remove_passphrase,
+        replace=replace,
+        fingerprints=fingerprints,
+        new_keys=new_keys,
+        new_recipients=new_recipients,
+        new_passphrase=new_passphrase,
+        scrypt_log_n=scrypt_log_n,
+    )
     p = _file_name(path)
     how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_file(p)))
-    if not keys and new_p is None and not public["x25519"] and not public["rsa_spki"]:
-        raise ValueError("rekey needs at least one new key, recipient or passphrase")
-    return _core.rekey(
-        p,
-        **how,
-        new_keys=keys,
-        new_passphrase=new_p,
-        new_x25519=public["x25519"],
-        new_rsa_spki=public["rsa_spki"],
-        log_n=scrypt_log_n,
-        max_scrypt_log_n=cap,
+    return _core.rekey(p, **how, **changes, max_scrypt_log_n=cap)
+
+
+def _listed(value: object) -> object:
+    """An iterable of keys or recipients as a list (a generator is read once); one key or
+    recipient (bytes-like, ``str``, a path, a key object) as it is."""
+    if isinstance(value, str | bytes | bytearray | memoryview | os.PathLike) or not isinstance(
+        value, Iterable
+    ):
+        return value
+    return list(value)
+
+
+def _given(value: object) -> bool:
+    """Whether a (listed) keys-or-recipients argument names anything: ``()``, ``[]`` and
+    ``None`` do not."""
+    return bool(value) if isinstance(value, list | tuple) else value is not None
+
+
+def _stanza_positions(remove_stanzas: object) -> list[int]:
+    if isinstance(remove_stanzas, int) and not isinstance(remove_stanzas, bool):
+        remove_stanzas = [remove_stanzas]
+    if not isinstance(remove_stanzas, Iterable) or isinstance(remove_stanzas, str | bytes):
+        raise TypeError(
+            f"remove_stanzas must be stanza positions (ints), not {type(remove_stanzas).__name__}"
+        )
+    out = []
+    for i in remove_stanzas:
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise ValueError(
+                f"remove_stanzas takes stanza positions, ints from 0 as inspect() lists them; got {i!r}"
+            )
+        out.append(i)
+    return out
+
+
+def stanza_changes(
+    *,
+    add_keys: object = (),
+    add_recipients: object = (),
+    add_passphrase: object = None,
+    remove_keys: object = (),
+    remove_recipients: object = (),
+    remove_stanzas: object = (),
+    remove_passphrase: bool = False,
+    replace: bool = False,
+    fingerprints: bool = False,
+    new_keys: object = (),
+    new_recipients: object = (),
+    new_passphrase: object = None,
+    scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
+) -> dict[str, Any]:
+    """The keyword arguments of ``_core.rekey`` for the arguments of :func:`rekey` (checked,
+    and key files read, once): for one file, or for every shard of a set."""
+    for name, flag in (
+        ("remove_passphrase", remove_passphrase),
+        ("replace", replace),
+        ("fingerprints", fingerprints),
+    ):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, not {type(flag).__name__}")
+    add_keys, add_recipients, remove_keys, remove_recipients, new_keys, new_recipients = map(
+        _listed, (add_keys, add_recipients, remove_keys, remove_recipients, new_keys, new_recipients)
     )
+    remove_stanzas = _stanza_positions(remove_stanzas)
+    older = _given(new_keys) or _given(new_recipients) or new_passphrase is not None
+    adding = _given(add_keys) or _given(add_recipients) or add_passphrase is not None
+    removing = _given(remove_keys) or _given(remove_recipients) or _given(remove_stanzas) or remove_passphrase
+    if older and (adding or removing or replace):
+        raise ValueError(
+            "new_keys, new_recipients and new_passphrase replace every stanza (the older form of rekey):"
+            " give either those, or add_*/remove_* (with replace=True to replace every stanza)"
+        )
+    if older:
+        add_keys, add_recipients, add_passphrase, replace = new_keys, new_recipients, new_passphrase, True
+        what = "new"
+    else:
+        what = "add"
+    if replace and removing:
+        raise ValueError("replace=True removes every stanza: name none to remove")
+    keys = check_keys(add_keys, f"{what}_keys")
+    public = recipient_kwargs(add_recipients)
+    new_p = check_passphrase(add_passphrase, f"{what}_passphrase")
+    if new_p is not None and (keys or public["x25519"] or public["rsa_spki"]):
+        raise ValueError(
+            f"a passphrase must be the only way to open a file: give either {what}_passphrase, or"
+            f" {what}_keys and {what}_recipients"
+        )
+    if replace and not keys and new_p is None and not public["x25519"] and not public["rsa_spki"]:
+        raise ValueError("replacing every stanza needs at least one new key, recipient or passphrase")
+    if not replace and not adding and not removing:
+        raise ValueError(
+            "rekey has nothing to do: give at least one stanza to add (add_keys=, add_recipients=,"
+            " add_passphrase=) or to remove (remove_keys=, remove_recipients=, remove_stanzas=,"
+            " remove_passphrase=True)"
+        )
+    if fingerprints and new_p is not None:
+        raise ValueError(
+            "a passphrase stanza cannot carry a fingerprint (it would test guesses without scrypt):"
+            " leave fingerprints=False"
+        )
+    args: dict[str, Any] = {
+        "new_keys": keys,
+        "new_passphrase": new_p,
+        "new_x25519": public["x25519"],
+        "new_rsa_spki": public["rsa_spki"],
+        "log_n": scrypt_log_n,
+    }
+    # Only what differs from the core's defaults (replace every stanza, no fingerprints).
+    if not replace:
+        holders = holder_kwargs(remove_keys)
+        gone = recipient_kwargs(remove_recipients)
+        optional = {
+            "keep": True,
+            "remove_stanzas": remove_stanzas,
+            "remove_keys": holders["keys"],
+            "remove_x25519_identities": holders["x25519_identities"],
+            "remove_rsa_pkcs8": holders["rsa_pkcs8"],
+            "remove_x25519": gone["x25519"],
+            "remove_rsa_spki": gone["rsa_spki"],
+            "remove_passphrase": remove_passphrase,
+        }
+        args.update({k: v for k, v in optional.items() if v})
+    if fingerprints:
+        args["fingerprints"] = True
+    return args
+
+
+def stanzas_for(path: PathLike, key: Key) -> list[int]:
+    """The positions (from 0, as :func:`inspect` lists them) of the stanzas of ``path`` that
+    ``key`` (32 raw bytes, an X25519 or RSA private key, or a ``pathlib.Path`` to a key file)
+    opens: which stanza is whose, without fingerprints. The file is checked for format but not
+    authenticated (use :func:`verify` for that)."""
+    p = _file_name(path)
+    holders = holder_kwargs(key, "key")
+    [(kind, [value])] = [(k, v) for k, v in holders.items() if v]
+    arg = {"keys": "key", "x25519_identities": "x25519", "rsa_pkcs8": "rsa_pkcs8"}[kind]
+    found: list[int] = _core.stanzas_of(p, **{arg: value})
+    return found
 
 
 class TensorSlice:
     """A lazily read tensor: index it to decrypt only the chunks the index covers."""
 
-    def __init__(self, handle: safe_open, index: int, name: str, dtype: str, shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, handle: safe_open, where: tuple[int, int], name: str, dtype: str, shape: tuple[int, ...]
+    ) -> None:
         self._handle = handle
-        self._index = index
+        self._where = where  # (position of the file among the handle's files, tensor index in it)
         self._name = name
         self._dtype = dtype
         self._shape = shape
@@ -581,7 +800,8 @@ class TensorSlice:
         if p.empty:
             return self._handle._convert(np.empty(p.shape, dt), self._dtype)
         size = dt.itemsize
-        reader = self._handle._reader_or_raise()
+        file, tensor = self._where
+        reader = self._handle._reader_or_raise(file)
         # Read whole chunks: they are verified whole anyway, and the core then decrypts them
         # straight into `buf` instead of through a scratch buffer.
         cs = reader.chunk_size
@@ -589,7 +809,7 @@ class TensorSlice:
         start = p.lo * size // cs * cs
         stop = min(-(-(p.hi + 1) * size // cs) * cs, nbytes)
         buf = aligned_empty(stop - start)
-        reader.read_range_into(self._index, start, buf)
+        reader.read_range_into(tensor, start, buf)
         view = np.ndarray(
             p.shape,
             dtype=dt,
@@ -606,7 +826,15 @@ class safe_open:
     ``get_tensor(name)``, ``get_slice(name)[...]``. The key is checked and the header
     authenticated on open; each tensor is verified as it is read. ``device`` (torch or TVM
     frameworks) puts the tensors on that device, as in safetensors. ``key``, ``passphrase``,
-    ``verify_with``, ``expect_metadata`` and ``max_scrypt_log_n`` are those of :func:`load`."""
+    ``verify_with``, ``expect_metadata`` and ``max_scrypt_log_n`` are those of :func:`load`.
+
+    ``path`` may also be the index of an encrypted sharded checkpoint (``*.enct.index.json``):
+    every shard is opened and authenticated, and the set checked to be whole, as
+    :func:`enctensor.load` does, before this returns; the arguments apply to every shard.
+    ``keys()`` then lists the tensors of all shards (set order, then file order), ``get_tensor``
+    and ``get_slice`` read from whichever shard holds the tensor, and ``metadata()`` holds the
+    entries that every shard has with the same value (each shard's own ``enctensor.shard``
+    entry, which differs between shards, is left out)."""
 
     def __init__(
         self,
@@ -621,17 +849,30 @@ class safe_open:
         max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
     ) -> None:
         self._convert = converter(framework, device)
-        self._reader: _core.Reader | None = _open(
+        readers, is_set = _open_readers(
             path,
             key,
             passphrase,
             verify_with,
             expect_metadata=expect_metadata,
             max_scrypt_log_n=max_scrypt_log_n,
-            what="enctensor.safe_open",
         )
-        self._rows = {row[0]: (i, row) for i, row in enumerate(self._reader.tensors())}
-        self._metadata = dict(self._reader.metadata())
+        self._readers: list[_core.Reader] | None = readers
+        # name -> ((file position, tensor index), tensors() row); a set's shards hold disjoint
+        # names (open_set checked that the index maps every tensor to the one shard holding it).
+        self._rows = {
+            row[0]: ((f, i), row)
+            for f, reader in enumerate(readers)
+            for i, row in enumerate(reader.tensors())
+        }
+        if is_set:
+            from ._sharded import set_metadata
+
+            self._metadata = set_metadata(readers)
+            self._scope = f"this checkpoint ({len(readers)} shards)"
+        else:
+            self._metadata = dict(readers[0].metadata())
+            self._scope = "this file"
 
     def __enter__(self) -> Self:
         return self
@@ -640,12 +881,12 @@ class safe_open:
         self.close()
 
     def close(self) -> None:
-        self._reader = None
+        self._readers = None
 
-    def _reader_or_raise(self) -> _core.Reader:
-        if self._reader is None:
+    def _reader_or_raise(self, file: int = 0) -> _core.Reader:
+        if self._readers is None:
             raise ValueError("this enctensor file is closed")
-        return self._reader
+        return self._readers[file]
 
     def keys(self) -> list[str]:
         return list(self._rows)
@@ -653,19 +894,19 @@ class safe_open:
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
 
-    def _row(self, name: str) -> tuple[int, tuple[Any, ...]]:
+    def _row(self, name: str) -> tuple[tuple[int, int], tuple[Any, ...]]:
         try:
             return self._rows[name]
         except KeyError:
-            raise TensorNotFoundError(f"no tensor named {name!r} in this file") from None
+            raise TensorNotFoundError(f"no tensor named {name!r} in {self._scope}") from None
 
     def get_tensor(self, name: str) -> Any:
-        i, (_, dtype, shape, _, nbytes) = self._row(name)
+        (file, i), (_, dtype, shape, _, nbytes) = self._row(name)
         buf = aligned_empty(nbytes)
-        self._reader_or_raise().read_into(i, buf)
+        self._reader_or_raise(file).read_into(i, buf)
         return self._convert(buf.view(numpy_dtype(dtype)).reshape(shape), dtype)
 
     def get_slice(self, name: str) -> TensorSlice:
-        i, (_, dtype, shape, _, _) = self._row(name)
-        self._reader_or_raise()
-        return TensorSlice(self, i, name, dtype, tuple(shape))
+        where, (_, dtype, shape, _, _) = self._row(name)
+        self._reader_or_raise(where[0])
+        return TensorSlice(self, where, name, dtype, tuple(shape))

@@ -27,9 +27,14 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa, x25519
 
+from . import _bech32
+
 KEY_SIZE = 32
 X25519_TEXT_PREFIX = "x25519:"
 ED25519_TEXT_PREFIX = "ed25519:"
+#: The Bech32 prefixes of age's X25519 keys (C2SP age, "The X25519 recipient type").
+AGE_RECIPIENT_HRP = "age"
+AGE_IDENTITY_HRP = "AGE-SECRET-KEY-"
 #: Key files are small; anything larger is not one (and is not read whole).
 MAX_KEY_FILE = 1 << 20
 
@@ -297,6 +302,110 @@ def _one_line_public(line: str) -> x25519.X25519PublicKey | ed25519.Ed25519Publi
     return None
 
 
+# ---- age's X25519 keys, and OpenSSH keys (refused) --------------------------------------------
+
+#: What enctensor reads, named in the messages that refuse something else.
+ACCEPTED_PUBLIC = (
+    "an X25519 recipient (x25519:<hex>, or age's age1…), an RSA or X25519 PEM public key, or for"
+    " signatures ed25519:<hex> or an Ed25519 PEM public key"
+)
+ACCEPTED_PRIVATE = (
+    "a PEM private key (X25519, RSA or Ed25519; PKCS#8 or traditional; password-protected or not), an"
+    " age X25519 identity (AGE-SECRET-KEY-1…), or a 32-byte key file (`enctensor keygen`)"
+)
+_OPENSSH_PUBLIC = re.compile(
+    r"(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)\s"
+)
+_AGE_ONLY_X25519 = (
+    "enctensor reads only age's X25519 keys (age1… recipients of 62 characters, AGE-SECRET-KEY-1… identities)"
+)
+
+
+def openssh_refusal(data: str | bytes) -> str | None:
+    """Why ``data`` is refused if it is an OpenSSH key (public or private), else None."""
+    text = data.decode("ascii", "replace") if isinstance(data, bytes) else data
+    if "-----BEGIN OPENSSH PRIVATE KEY-----" in text:
+        return f"an OpenSSH private key, which enctensor does not read: give {ACCEPTED_PRIVATE}"
+    if _OPENSSH_PUBLIC.match(text.lstrip()) or "---- BEGIN SSH2 PUBLIC KEY ----" in text:
+        return f"an OpenSSH public key, which enctensor does not read: give {ACCEPTED_PUBLIC}"
+    return None
+
+
+def _refuse_openssh(data: str | bytes, what: str = "") -> None:
+    refusal = openssh_refusal(data)
+    if refusal is not None:
+        raise ValueError(f"{_label(what)} got {refusal}" if what else f"the file holds {refusal}")
+
+
+def age_recipient_text(key: x25519.X25519PublicKey) -> str:
+    """age's text form of an X25519 recipient: ``age1…`` (Bech32 of the 32-byte public key).
+    Any age X25519 recipient is an enctensor recipient; the files are not age files."""
+    return _bech32.encode(AGE_RECIPIENT_HRP, key.public_bytes_raw())
+
+
+def age_key(line: str) -> x25519.X25519PrivateKey | x25519.X25519PublicKey | None:
+    """The key of one line holding an age X25519 recipient (``age1…``) or identity
+    (``AGE-SECRET-KEY-1…``); None if the line is not an age key at all. An age key that
+    enctensor does not read (post-quantum, plugin) or that is malformed (checksum, case,
+    length) is a :class:`ValueError` that does not show it."""
+    t = line.strip()
+    pos = t.rfind("1")  # Bech32's data alphabet has no "1": this is the separator
+    hrp = t[:pos].lower() if pos > 0 else ""
+    if hrp == AGE_RECIPIENT_HRP:
+        kind, wanted = "recipient", AGE_RECIPIENT_HRP
+    elif hrp == AGE_IDENTITY_HRP.lower():
+        kind, wanted = "identity", AGE_IDENTITY_HRP
+    elif hrp.startswith(("age1pq", "age-secret-key-pq-")):
+        raise ValueError(f"an age post-quantum key (age1pq1… or AGE-SECRET-KEY-PQ-1…): {_AGE_ONLY_X25519}")
+    elif hrp.startswith(("age1", "age-plugin-")):
+        raise ValueError(f"an age plugin key (age1<plugin>1… or AGE-PLUGIN-…): {_AGE_ONLY_X25519}")
+    else:
+        return None
+    problem: str | None = None
+    try:
+        got_hrp, data = _bech32.decode(t)
+    except ValueError as e:
+        problem, got_hrp, data = str(e), "", b""
+    if problem is None and got_hrp != wanted:
+        # As age itself: recipients are lower case, identities upper case.
+        problem = (
+            "age writes recipients in lower case (age1…) and identities in upper case (AGE-SECRET-KEY-1…)"
+        )
+    elif problem is None and len(data) != KEY_SIZE:
+        problem = f"it encodes {len(data)} bytes, not a 32-byte X25519 key"
+    if problem is not None:  # raised outside the except block: no chained exception
+        raise ValueError(f"not a valid age {kind} (the value is not shown): {problem}") from None
+    if kind == "identity":
+        return x25519.X25519PrivateKey.from_private_bytes(data)
+    return x25519.X25519PublicKey.from_public_bytes(data)
+
+
+def read_age_key(data: bytes) -> x25519.X25519PrivateKey | x25519.X25519PublicKey | None:
+    """The age key of a key file (blank lines and ``#`` comments ignored, as ``age-keygen``
+    writes them); None if it holds no age key. One key per file."""
+    lines = _text_lines(data)
+    if not lines:
+        return None
+    keys = [age_key(ln) for ln in lines]
+    found = [k for k in keys if k is not None]
+    if not found:
+        return None
+    if len(found) != len(lines):
+        raise ValueError("the file mixes age keys with other lines (not shown)")
+    if len(found) > 1:
+        raise ValueError(
+            f"the file holds {len(found)} age keys; enctensor reads one key per file: put each in its own"
+            " file and give each"
+        )
+    return found[0]
+
+
+def pem_is_protected(data: bytes) -> bool:
+    """Whether a PEM private key is encrypted with a password (PKCS#8 ``ENCRYPTED PRIVATE KEY``,
+    or the traditional OpenSSL ``Proc-Type: 4,ENCRYPTED``)."""
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+
+
 def _pem_private(data: bytes, password: bytes | None) -> Any:
     problem: str | None = None
     key: Any = None
@@ -304,7 +413,7 @@ def _pem_private(data: bytes, password: bytes | None) -> Any:
         key = serialization.load_pem_private_key(data, password=password)
     except TypeError:
         problem = (
-            "the private key is password-protected: give password="
+            "the private key is password-protected: give its password (read_key_file(path, password=...))"
             if password is None
             else "the private key is not password-protected: give no password="
         )
@@ -334,17 +443,22 @@ def _parse_key_material(data: bytes, password: bytes | None) -> KeyFileContent:
     raw = _raw_key(data)
     if raw is not None:
         return raw
+    _refuse_openssh(data)
     if b"PRIVATE KEY-----" in data:
         key = _pem_private(data, password)
     elif b"PUBLIC KEY-----" in data:
         key = _pem_public(data)
     else:
+        age = read_age_key(data)
+        if age is not None:
+            return age
         lines = _text_lines(data)
         one = _one_line_public(lines[0]) if lines is not None and len(lines) == 1 else None
         if one is None:
             raise ValueError(
                 "not a key file: expected 32 raw bytes or 64 hex characters (`enctensor keygen`), a PEM"
-                " private or public key, or a one-line x25519:<hex> / ed25519:<hex> public key"
+                " private or public key, an age X25519 identity (AGE-SECRET-KEY-1…) or recipient (age1…),"
+                " or a one-line x25519:<hex> / ed25519:<hex> public key"
             )
         return one
     if not isinstance(
@@ -367,9 +481,17 @@ def read_key_file(path: str | os.PathLike[str], *, password: bytes | str | None 
     - ``bytes``: a 32-byte key, from a file of 64 hex digits (``enctensor keygen FILE``) or of
       32 raw bytes;
     - an ``X25519PrivateKey``, ``RSAPrivateKey`` or ``Ed25519PrivateKey`` from a PEM private key
-      file (``keygen --x25519/--rsa/--ed25519``); ``password`` decrypts a protected one;
-    - an ``X25519PublicKey``, ``RSAPublicKey`` or ``Ed25519PublicKey`` from a PEM public key file
-      or the one-line ``x25519:<hex>`` / ``ed25519:<hex>`` text that ``keygen`` prints.
+      file (``keygen --x25519/--rsa/--ed25519``; PKCS#8 or traditional); ``password`` decrypts
+      a protected one (``ENCRYPTED PRIVATE KEY``, or traditional ``Proc-Type: 4,ENCRYPTED``);
+    - an ``X25519PrivateKey`` from an age identity file (``AGE-SECRET-KEY-1…``, as
+      ``age-keygen`` writes it, ``#`` comment lines and all);
+    - an ``X25519PublicKey``, ``RSAPublicKey`` or ``Ed25519PublicKey`` from a PEM public key file,
+      the one-line ``x25519:<hex>`` / ``ed25519:<hex>`` text that ``keygen`` prints, or an age
+      recipient (``age1…``).
+
+    age's X25519 keys are the same keys as enctensor's (the same curve and encoding of the
+    32 bytes), so they work here; an enctensor file is not an age file, and age cannot open it
+    (nor enctensor an age file). OpenSSH keys are refused, with what is accepted instead.
 
     The result goes to ``key=`` (raw keys, X25519 and RSA identities), ``recipients=`` (X25519
     and RSA public keys), ``sign_with=`` and ``verify_with=``. ``key=`` and the others also take
@@ -403,11 +525,30 @@ def ed25519_public_text(key: ed25519.Ed25519PublicKey) -> str:
     return ED25519_TEXT_PREFIX + key.public_bytes_raw().hex()
 
 
+def _one_line_public_or_age(line: str, what: str) -> Any:
+    """``x25519:<hex>``, ``ed25519:<hex>`` or an age recipient; None for other text. An age
+    identity (a secret key) is refused without being shown."""
+    one = _one_line_public(line)
+    if one is not None:
+        return one
+    age = age_key(line)
+    if isinstance(age, x25519.X25519PrivateKey):
+        raise TypeError(
+            (f"{_label(what)} got" if what else "got")
+            + " an age identity, a secret key (the value is not shown), where a public key was expected;"
+            " give its recipient (age1…, as `age-keygen -y` prints it)"
+        )
+    return age
+
+
 def _public_from_text(text: str, what: str) -> Any:
     """A public key from its one-line or PEM text; TypeError (not showing it) for other text."""
     t = text.strip()
-    if t.startswith((X25519_TEXT_PREFIX, ED25519_TEXT_PREFIX)):
-        return _one_line_public(t)
+    _refuse_openssh(t, what)
+    if "\n" not in t:
+        one = _one_line_public_or_age(t, what)
+        if one is not None:
+            return one
     if "-----BEGIN" in t and "PUBLIC KEY-----" in t:
         return _pem_public(t.encode("ascii", "replace"))
     if "PRIVATE KEY-----" in t:
@@ -415,8 +556,8 @@ def _public_from_text(text: str, what: str) -> Any:
             f"{_label(what)} got a PEM private key; give the public key (the value is not shown)"
         )
     raise TypeError(
-        f"{_label(what)} takes a str only as the one-line x25519:<hex> / ed25519:<hex> text or a PEM public"
-        " key; got another str (not shown: it may be a key). Give a path as a path-like object"
+        f"{_label(what)} takes a str only as the one-line x25519:<hex> / ed25519:<hex> / age1… text or a PEM"
+        " public key; got another str (not shown: it may be a key). Give a path as a path-like object"
         f" (pathlib.Path); {_READ_KEY_FILE_HINT}"
     )
 
@@ -425,23 +566,25 @@ def _public_from_bytes(data: BytesLike) -> Any:
     raw = bytes(data)
     if b"PRIVATE KEY-----" in raw:
         raise ValueError("got a PEM private key where a public key was expected (the value is not shown)")
+    _refuse_openssh(raw)
     if b"PUBLIC KEY-----" in raw:
         return _pem_public(raw)
     lines = _text_lines(raw)
-    one = _one_line_public(lines[0]) if lines is not None and len(lines) == 1 else None
+    one = _one_line_public_or_age(lines[0], "") if lines is not None and len(lines) == 1 else None
     if one is None:
-        raise ValueError("not a PEM public key or a one-line x25519:<hex> / ed25519:<hex> key (not shown)")
+        raise ValueError(
+            "not a PEM public key or a one-line x25519:<hex> / ed25519:<hex> / age1… key (not shown)"
+        )
     return one
 
 
 def load_public_key(
     source: str | os.PathLike[str] | bytes,
 ) -> x25519.X25519PublicKey | rsa.RSAPublicKey:
-    """A recipient from its one-line ``x25519:<hex>`` text or PEM text or bytes, or from a file
-    holding either (named by an ``os.PathLike``, or by a ``str`` that is not key text)."""
-    if isinstance(source, str) and not source.strip().startswith(
-        (X25519_TEXT_PREFIX, ED25519_TEXT_PREFIX, "-----")
-    ):
+    """A recipient from its one-line ``x25519:<hex>`` or ``age1…`` text or PEM text or bytes,
+    or from a file holding one (named by an ``os.PathLike``, or by a ``str`` that is not key
+    text)."""
+    if isinstance(source, str) and not _is_key_text(source):
         key: Any = read_key_file(source)
     elif isinstance(source, os.PathLike):
         key = read_key_file(source)
@@ -454,6 +597,21 @@ def load_public_key(
     if not isinstance(key, x25519.X25519PublicKey | rsa.RSAPublicKey):
         raise TypeError(f"a recipient is an X25519 or RSA public key, not {_kind(key)}")
     return key
+
+
+def _is_key_text(text: str) -> bool:
+    """Whether a ``str`` is key text rather than a path (by its start)."""
+    t = text.strip()
+    return (
+        t.startswith((X25519_TEXT_PREFIX, ED25519_TEXT_PREFIX, "-----", "---- "))
+        or age_key_prefix(t)
+        or openssh_refusal(t) is not None
+    )
+
+
+def age_key_prefix(text: str) -> bool:
+    """Whether ``text`` starts as an age key does (``age1``, ``AGE-SECRET-KEY-``, ``AGE-PLUGIN-``)."""
+    return text.lower().startswith(("age1", "age-secret-key-", "age-plugin-"))
 
 
 def _recipient(r: object) -> x25519.X25519PublicKey | rsa.RSAPublicKey:
@@ -473,8 +631,8 @@ def _recipient(r: object) -> x25519.X25519PublicKey | rsa.RSAPublicKey:
     if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
         raise TypeError(f"a recipient is an X25519 or RSA public key, not {_kind(key)} (those sign files)")
     raise TypeError(
-        "a recipient must be an X25519 or RSA public key (an object, its x25519:<hex> or PEM text, or a"
-        f" pathlib.Path to a file of one), not {_kind(key)}"
+        "a recipient must be an X25519 or RSA public key (an object, its x25519:<hex>, age1… or PEM text,"
+        f" or a pathlib.Path to a file of one), not {_kind(key)}"
     )
 
 
@@ -586,6 +744,25 @@ def _credential(key: object) -> dict[str, bytes]:
             f" file, or a key provider, not {_type_name(key)}"
         )
     return {"key": check_key(key)}
+
+
+def holder_kwargs(keys: object, what: str = "remove_keys") -> dict[str, list[bytes]]:
+    """The core's arguments that find the stanzas of these keys' holders (``rekey``'s
+    ``remove_keys=``): ``keys`` (raw keys), ``x25519_identities`` and ``rsa_pkcs8``, from 32
+    raw bytes, X25519 or RSA private keys, or path-like objects to key files, one or an iterable."""
+    out: dict[str, list[bytes]] = {"keys": [], "x25519_identities": [], "rsa_pkcs8": []}
+    single = (str, bytes, bytearray, memoryview, os.PathLike, x25519.X25519PrivateKey, rsa.RSAPrivateKey)
+    items: Iterable[object] = [keys] if isinstance(keys, single) or not isinstance(keys, Iterable) else keys
+    for k in items:
+        if isinstance(k, FileKey):
+            raise TypeError(f"{_label(what)} takes keys that open a stanza, not a FileKey (it opens none)")
+        if isinstance(k, str):
+            raise _str_key_error(
+                what, "32 raw bytes, an X25519 or RSA private key, or a path-like object to a key file"
+            )
+        [(kind, value)] = _credential(k).items()
+        out[{"key": "keys", "x25519": "x25519_identities", "rsa_pkcs8": "rsa_pkcs8"}[kind]].append(value)
+    return out
 
 
 def opener(

@@ -1,6 +1,6 @@
 """Sharded sets: the metadata entry that binds the shards of a checkpoint together, the checks
-every reader of a set makes (spec/FORMAT.md, "Sharded sets and rollback"), and
-:func:`load_sharded`.
+every reader of a set makes (spec/FORMAT.md, "Sharded sets and rollback"), :func:`open_set`
+(how every reader opens a set) and :func:`load_sharded`.
 
 A set is an index (``<name>.enct.index.json``: ``{"metadata": ..., "weight_map": {tensor:
 shard file name}}``, not authenticated) and its shards. Each shard written as part of a set
@@ -31,7 +31,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from . import _core
-from ._api import DEFAULT_MAX_SCRYPT_LOG_N
+from ._api import DEFAULT_MAX_SCRYPT_LOG_N, _open, read_readers
 from .errors import IntegrityError
 
 PathLike = str | os.PathLike[str]
@@ -272,6 +272,55 @@ def _check_tensors(index_path: Path, path: Path, listed: Sequence[str], held: Se
         )
 
 
+def open_set(
+    index_path: PathLike,
+    *,
+    key: Any = None,
+    passphrase: Any = None,
+    verify_with: Any = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    expect_checkpoint: str | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+) -> list[tuple[str, _core.Reader]]:
+    """Opens and authenticates every shard of the sharded checkpoint whose encrypted index is
+    ``index_path`` and checks that they are one whole set (:func:`bind`); returns ``(shard
+    file name, reader)`` in set order. The arguments are those of :func:`load_sharded`; no
+    tensor is decrypted."""
+    from .convert.sharded import read_index
+
+    pinned = check_expected_checkpoint(expect_checkpoint)
+    index = read_index(index_path)
+
+    def open_shard(path: Path) -> _core.Reader:
+        try:
+            return _open(
+                path,
+                key,
+                passphrase,
+                verify_with,
+                expect_metadata=expect_metadata,
+                max_scrypt_log_n=max_scrypt_log_n,
+            )
+        except BaseException as e:
+            if getattr(e, "enctensor_path", None) is None:
+                with contextlib.suppress(AttributeError, TypeError):
+                    e.enctensor_path = os.fspath(path)  # type: ignore[attr-defined]
+            raise
+
+    return bind(index_path, index.shards, open_shard, expect_checkpoint=pinned)
+
+
+def set_metadata(readers: Sequence[Any]) -> dict[str, str]:
+    """The metadata of a set as one checkpoint: the entries every shard holds with the same
+    value (in the first shard's order), without the shards' own ``enctensor.shard`` entries.
+    Entries that differ between shards are left out."""
+    common = {k: v for k, v in readers[0].metadata() if k != SHARD_KEY}
+    for reader in readers[1:]:
+        held = dict(reader.metadata())
+        common = {k: v for k, v in common.items() if held.get(k) == v}
+    return common
+
+
 def load_sharded(
     index_path: PathLike,
     *,
@@ -294,33 +343,16 @@ def load_sharded(
     ``checkpoint`` of any shard's ``enctensor.shard`` metadata entry, 32 hex digits), so that
     a whole set rolled back to an older release is refused too.
     """
-    from ._api import _open, read_all
-    from .convert.sharded import read_index
-
-    pinned = check_expected_checkpoint(expect_checkpoint)
-    index = read_index(index_path)
-
-    def open_shard(path: Path) -> _core.Reader:
-        try:
-            return _open(
-                path,
-                key,
-                passphrase,
-                verify_with,
-                expect_metadata=expect_metadata,
-                max_scrypt_log_n=max_scrypt_log_n,
-            )
-        except BaseException as e:
-            if getattr(e, "enctensor_path", None) is None:
-                with contextlib.suppress(AttributeError, TypeError):
-                    e.enctensor_path = os.fspath(path)  # type: ignore[attr-defined]
-            raise
-
-    readers = bind(index_path, index.shards, open_shard, expect_checkpoint=pinned)
-    out: dict[str, np.ndarray] = {}
-    for _, reader in readers:
-        out.update(read_all(reader))
-    return out
+    readers = open_set(
+        index_path,
+        key=key,
+        passphrase=passphrase,
+        verify_with=verify_with,
+        expect_metadata=expect_metadata,
+        expect_checkpoint=expect_checkpoint,
+        max_scrypt_log_n=max_scrypt_log_n,
+    )
+    return read_readers([reader for _, reader in readers])
 
 
 __all__ = [
@@ -332,5 +364,7 @@ __all__ = [
     "is_plain_name",
     "load_sharded",
     "new_checkpoint",
+    "open_set",
     "parse_entry",
+    "set_metadata",
 ]

@@ -4,7 +4,10 @@
 ``tvm.runtime.save_param_dict`` takes); ``load(path, key=...)`` returns a dict of
 ``tvm.runtime.Tensor`` ready to pass to a ``relax.VirtualMachine``. Loading allocates each
 tensor with TVM and decrypts straight into its memory (seen as bytes through DLPack), so no
-byte is copied after it is decrypted. ``safe_open(..., framework="tvm")`` goes the other way:
+byte is copied after it is decrypted. ``load_tensor_cache(dir, key=...)`` loads an encrypted
+TVM / MLC-LLM tensor cache (see :mod:`enctensor.convert.tvm_cache`) as
+``tvm.contrib.tvmjs.load_tensor_cache`` loads the plaintext one.
+``safe_open(..., framework="tvm")`` goes the other way:
 TVM adopts the decrypted numpy buffer (64-byte aligned, as TVM's ``from_dlpack`` requires);
 bf16 and fp8, which numpy cannot export through DLPack, are adopted as bytes and re-typed
 with a TVM tensor view.
@@ -14,6 +17,7 @@ Importing this module imports TVM; ``import enctensor`` alone does not.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -28,38 +32,23 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
         "enctensor.tvm needs Apache TVM, which is not installed: pip install '.[tvm]' (from a clone of enctensor)"
     ) from e
 
+from pathlib import Path
+
 from . import _api, _core
 from ._alloc import aligned_empty, small_destinations
 from ._api import DEFAULT_MAX_SCRYPT_LOG_N
 from ._dtypes import numpy_dtype
 from ._frameworks import register
 from ._keys import KeyArg, Passphrase, VerifyKey, WriteKey
+from .convert._common import about
+from .convert.tvm_cache import CACHE_FILES, FORMAT_NAMES, TVM_DTYPES, Record, index_name, open_cache
 from .errors import FormatError
 
-__all__ = ["load", "load_bytes", "save", "save_bytes"]
+__all__ = ["load", "load_bytes", "load_tensor_cache", "save", "save_bytes"]
 
 PathLike = str | os.PathLike[str]
 Params = Mapping[str, "tvm.runtime.Tensor | np.ndarray"]
 
-#: Format dtype name -> TVM dtype string.
-TVM_DTYPES: dict[str, str] = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "I16": "int16",
-    "U16": "uint16",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I32": "int32",
-    "U32": "uint32",
-    "F32": "float32",
-    "I64": "int64",
-    "U64": "uint64",
-    "F64": "float64",
-}
-_FORMAT_NAMES: dict[str, str] = {v: k for k, v in TVM_DTYPES.items()}
 # numpy exports these through DLPack itself; the others (ml_dtypes) go through a byte view.
 _DLPACK_NATIVE = {"BOOL", "U8", "I8", "I16", "U16", "F16", "I32", "U32", "F32", "I64", "U64", "F64"}
 _ALIGN = 64
@@ -177,6 +166,105 @@ def load_bytes(
     return _read_all(reader, device)
 
 
+def _cache_index(path: PathLike) -> Path:
+    """The encrypted index of the cache at ``path``: the directory's, or ``path`` itself."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    found = [p / index_name(f) for f in CACHE_FILES if (p / index_name(f)).exists()]
+    if len(found) != 1:
+        names = " or ".join(index_name(f) for f in CACHE_FILES)
+        raise FileNotFoundError(
+            f"{p}: " + (f"no encrypted tensor cache ({names}) in it" if not found else f"holds both {names}")
+        )
+    return found[0]
+
+
+def _cache_tensor(record: Record) -> tuple[tvm.runtime.Tensor, np.ndarray, bool]:
+    """The CPU tensor TVM's loader makes for ``record``, the buffer its stored bytes are
+    decrypted into (the tensor's own memory when they are its values as they are), and
+    whether the buffer is a staging buffer to finish with :func:`_finish_cache_tensor`."""
+    if record.typed_as() is None:
+        # The shape comes from the file: never allocate more than the bytes it holds describe.
+        dt = tvm.runtime.DataType(record.dtype)
+        if math.prod(record.shape) * dt.bits * dt.lanes > 8 * record.nbytes:
+            raise FormatError(
+                f"record {record.name!r}: shape {record.shape} of {record.dtype} needs more than the"
+                f" {record.nbytes} bytes it holds"
+            )
+    t = tvm.runtime.empty(record.shape, record.dtype)
+    if record.typed_as() is not None and not record.bf16_encoded:
+        return t, _bytes_of(t, record.nbytes), False
+    return t, aligned_empty(record.nbytes), True
+
+
+def _finish_cache_tensor(t: tvm.runtime.Tensor, record: Record, buf: np.ndarray) -> None:
+    """Fills ``t`` from the decrypted bytes of a record stored other than as its values."""
+    if record.bf16_encoded and record.typed_as() == "BF16":
+        # bfloat16 is the upper half of a float32: widen as TVM's loader does.
+        wide = _bytes_of(t, buf.nbytes * 2).view(np.uint32)
+        np.left_shift(buf.view(np.uint16), 16, out=wide, dtype=np.uint32)
+    else:
+        # Bytes of a dtype enctensor has no name for (float4, ...): read as TVM's loader
+        # reads them, failing where it fails.
+        t.copyfrom(np.frombuffer(buf, dtype=record.dtype).reshape(record.shape))
+
+
+def load_tensor_cache(
+    path: PathLike,
+    *,
+    key: KeyArg | None = None,
+    passphrase: Passphrase | None = None,
+    device: Any = None,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    expect_checkpoint: str | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+) -> tuple[dict[str, tvm.runtime.Tensor], Any]:
+    """Decrypts an encrypted tensor cache (a directory holding ``tensor-cache.enct.index.json``,
+    or that index) and returns what ``tvm.contrib.tvmjs.load_tensor_cache`` returns for the
+    plaintext cache: ``(params, metadata)``, the tensors in the cache's order with its dtypes
+    and shapes (``f32-to-bf16`` records widened back to float32, as TVM does) and the cache's
+    ``metadata``.
+
+    Every file of the set is opened and authenticated and the set checked whole before any
+    tensor is decrypted (a missing, swapped or mixed-in shard is an
+    :class:`enctensor.IntegrityError`). ``device`` (default CPU) is where the tensors go;
+    ``key``, ``passphrase``, ``verify_with``, ``expect_metadata`` and ``max_scrypt_log_n`` are
+    those of :func:`load` and apply to every file, ``expect_checkpoint`` pins the set's
+    checkpoint id (see :func:`enctensor.load_sharded`).
+    """
+
+    def open_shard(shard: Path) -> _core.Reader:
+        with about(shard):
+            return _api._open(
+                shard,
+                key,
+                passphrase,
+                verify_with,
+                expect_metadata=expect_metadata,
+                max_scrypt_log_n=max_scrypt_log_n,
+            )
+
+    cache, readers = open_cache(_cache_index(path), open_shard, expect_checkpoint=expect_checkpoint)
+    out: dict[str, tvm.runtime.Tensor] = {}
+    for shard, (_, reader) in zip(cache.shards, readers, strict=True):
+        staged: list[tuple[tvm.runtime.Tensor, Record, np.ndarray]] = []
+        jobs: list[tuple[int, Any]] = []
+        for i, record in enumerate(shard.records):
+            t, buf, is_staged = _cache_tensor(record)
+            out[record.name] = t
+            jobs.append((i, buf))
+            if is_staged:
+                staged.append((t, record, buf))
+        reader.read_many_into(jobs)
+        for t, record, buf in staged:
+            _finish_cache_tensor(t, record, buf)
+    if device is not None and not _is_cpu(dev := _device(device)):
+        out = {name: t.copyto(dev) for name, t in out.items()}
+    return out, cache.metadata
+
+
 def _array(name: str, value: Any) -> np.ndarray:
     """``value`` as a numpy array for the numpy API: numpy arrays as they are, TVM tensors as a
     view of their bytes with the matching numpy dtype (ml_dtypes for bf16 and fp8)."""
@@ -187,7 +275,7 @@ def _array(name: str, value: Any) -> np.ndarray:
             f"tensor {name!r} must be a tvm.runtime.Tensor or a numpy array, not {type(value).__name__}"
         )
     tvm_dtype = str(value.dtype)
-    if tvm_dtype not in _FORMAT_NAMES:
+    if tvm_dtype not in FORMAT_NAMES:
         supported = ", ".join(TVM_DTYPES.values())
         raise TypeError(
             f"tensor {name!r} has dtype {tvm_dtype}, which enctensor cannot store (supported: {supported})"
@@ -199,7 +287,7 @@ def _array(name: str, value: Any) -> np.ndarray:
     if not _is_cpu(value.device):
         value = value.copyto(tvm.cpu())
     shape = tuple(int(d) for d in value.shape)
-    dtype = numpy_dtype(_FORMAT_NAMES[tvm_dtype])
+    dtype = numpy_dtype(FORMAT_NAMES[tvm_dtype])
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     return _bytes_of(value, nbytes).view(dtype).reshape(shape)
 

@@ -172,7 +172,9 @@ def test_raw_and_hex_key_files_are_both_accepted(work: Path) -> None:
 def test_safetensors_round_trip(work: Path) -> None:
     proc = run("encrypt", "model.safetensors", "model.enct", "--key-file", "key.key", cwd=work)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "" and proc.stdout == ""  # no terminal: no progress bar, nothing else
+    # No terminal: no progress bar; one summary line on stderr, nothing on stdout.
+    assert proc.stdout == "" and proc.stderr.startswith("model.enct: encrypted 5 tensors (")
+    assert proc.stderr.count("\n") == 1
     assert (work / "model.enct").read_bytes()[:8] == b"\x89ETS\r\n\x1a\n"
     proc = run("decrypt", "model.enct", "back.safetensors", "--key-file", "key.key", cwd=work)
     assert proc.returncode == 0, proc.stderr

@@ -137,3 +137,24 @@ def test_cli_sigterm_is_handled_like_ctrl_c(tmp_path: Path) -> None:
     # Unlike a plain SIGTERM death, the temporary file was cleaned up.
     assert _temps(tmp_path) == []
     assert "Traceback" not in err
+
+
+def test_a_killed_cli_encrypt_leaves_nothing_after_the_next_one(tmp_path: Path) -> None:
+    src = tmp_path / "big.safetensors"
+    _sparse_safetensors(src, BIG)
+    key = tmp_path / "k.key"
+    key.write_bytes(KEY)
+    out = tmp_path / "big.enct"
+    cmd = [sys.executable, "-m", "enctensor", "encrypt", "--key-file", str(key), "-q", "--force"]
+    proc = subprocess.Popen([*cmd, str(src), str(out)], stderr=subprocess.PIPE, text=True)
+    _wait_for_temp(tmp_path, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    # Left behind: the staging file and the Rust writer's temporary file beside it.
+    assert hidden and all(n.lstrip(".").startswith("big.enct.") for n in hidden), hidden
+    small = tmp_path / "small.safetensors"
+    _sparse_safetensors(small, 16)
+    subprocess.run([*cmd, str(small), str(out)], check=True, capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert [t["shape"] for t in enctensor.inspect(out)["tensors"]] == [[16]]

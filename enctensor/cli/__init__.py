@@ -2,12 +2,15 @@
 
 Failures print one line, ``enctensor: error: <file>: <what went wrong> — <what to do>``, and
 exit with a code that says what kind of failure it was (see ``EXIT_*``). No traceback is
-shown unless ``ENCTENSOR_DEBUG=1`` is set, and no partial output is ever left behind.
+shown unless ``ENCTENSOR_DEBUG=1`` is set, and no partial output file is ever left behind
+(plaintext decrypted into a stream, ``-`` or a FIFO, stops where a check failed).
 
 One module per command group, each with its ``cmd_*`` functions and an ``add_parser``
 that adds its subcommands: :mod:`.keys` (keygen, pubkey), :mod:`.convert` (encrypt,
 decrypt), :mod:`.inspect` (inspect, verify), :mod:`.rekey` (rekey). What they share (exit
-codes, errors, key and passphrase reading, progress, option groups) is in :mod:`._common`.
+codes, errors, key and passphrase reading, progress, option groups) is in :mod:`._common`;
+the ``--json`` objects and summary lines in :mod:`._output`; ``-`` and special files as inputs
+and outputs in :mod:`._streams`; ``inspect`` of a sharded checkpoint in :mod:`._sets`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from .. import FORMAT_VERSION, __version__
@@ -32,6 +37,7 @@ from ._common import EXIT_IO as EXIT_IO
 from ._common import EXIT_OK as EXIT_OK
 from ._common import EXIT_USAGE as EXIT_USAGE
 from ._common import EXIT_WRONG_KEY as EXIT_WRONG_KEY
+from ._common import IDENTITY_PASSPHRASE_ENV as IDENTITY_PASSPHRASE_ENV
 from ._common import NEW_PASSPHRASE_ENV as NEW_PASSPHRASE_ENV
 from ._common import PASSPHRASE_ENV as PASSPHRASE_ENV
 from ._common import RSA_BITS as RSA_BITS
@@ -49,6 +55,8 @@ from ._common import read_signing_key as read_signing_key
 from ._common import read_verify_key as read_verify_key
 from ._common import stanza_summary as stanza_summary
 from ._common import write_credentials as write_credentials
+from ._output import report_failure, start_clock
+from ._streams import STDIN_SHOWN, STDIO
 from .convert import cmd_decrypt as cmd_decrypt
 from .convert import cmd_encrypt as cmd_encrypt
 from .inspect import cmd_inspect as cmd_inspect
@@ -97,8 +105,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the write in progress stops and removes its temporary
+    file, and the exit status is 128 + SIGTERM, as for a process the signal killed."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     args = build_parser().parse_args(argv)
+    start_clock(args)
     run: Callable[[argparse.Namespace], int] = args.run
     default_file = (
         getattr(args, "input", None)
@@ -106,15 +126,19 @@ def _main(argv: Sequence[str] | None) -> int:
         or getattr(args, "out", None)
         or getattr(args, "key", None)
     )
+    if default_file == STDIO:
+        default_file = STDIN_SHOWN
     try:
         return run(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        code = 128 + signal.SIGTERM if isinstance(e, _Terminated) else EXIT_INTERRUPTED
         if args.command == "rekey":
             done = "the files reported above were re-keyed; the others were not changed"
         else:
             done = "no output was written"
         print(f"\nenctensor: interrupted ({done})", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        report_failure(args, code, f"interrupted ({done})")
+        return code
     except BrokenPipeError:
         raise  # the reader of stdout went away: see main()
     except Exception as e:
@@ -122,6 +146,7 @@ def _main(argv: Sequence[str] | None) -> int:
             raise
         failure = classify(e, default_file)
         print(failure.line(), file=sys.stderr)
+        report_failure(args, failure.code, failure.line())
         return failure.code
 
 
@@ -132,6 +157,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "EXIT_WRONG_KEY",
+    "IDENTITY_PASSPHRASE_ENV",
     "NEW_PASSPHRASE_ENV",
     "PASSPHRASE_ENV",
     "main",

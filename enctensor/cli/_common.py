@@ -10,6 +10,7 @@ import errno
 import getpass
 import os
 import re
+import shutil
 import sys
 import textwrap
 import threading
@@ -24,8 +25,17 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa, x25519
 
 from .. import _api as api
 from .._api import DEFAULT_MAX_SCRYPT_LOG_N, DEFAULT_SCRYPT_LOG_N
-from .._keys import ED25519_TEXT_PREFIX, KEY_SIZE, MAX_KEY_FILE, X25519_TEXT_PREFIX
-from ..convert import FORMATS, detect_format
+from .._keys import (
+    ED25519_TEXT_PREFIX,
+    MAX_KEY_FILE,
+    X25519_TEXT_PREFIX,
+    _raw_key,
+    age_key,
+    age_key_prefix,
+    openssh_refusal,
+    pem_is_protected,
+    read_age_key,
+)
 from ..errors import FormatError, IntegrityError, WrongKeyError
 
 EXIT_OK = 0
@@ -38,6 +48,8 @@ EXIT_INTERRUPTED = 130
 
 PASSPHRASE_ENV = "ENCTENSOR_PASSPHRASE"
 NEW_PASSPHRASE_ENV = "ENCTENSOR_NEW_PASSPHRASE"
+#: The passphrase of password-protected private keys (read, and written by ``keygen --protect``).
+IDENTITY_PASSPHRASE_ENV = "ENCTENSOR_IDENTITY_PASSPHRASE"
 DEBUG_ENV = "ENCTENSOR_DEBUG"
 RSA_BITS = (2048, 3072, 4096)
 DEFAULT_RSA_BITS = 3072
@@ -48,7 +60,8 @@ passphrase, 4 integrity failure (the file was modified or corrupted, or its publ
 signature is missing or not by the --verify-with key), 5 not a valid file of its format.
 
 Passphrases are never taken from the command line: --passphrase reads ENCTENSOR_PASSPHRASE
-if it is set, and otherwise asks on the terminal (--new-passphrase: ENCTENSOR_NEW_PASSPHRASE).
+if it is set, and otherwise asks on the terminal (--new-passphrase: ENCTENSOR_NEW_PASSPHRASE;
+a password-protected private key: ENCTENSOR_IDENTITY_PASSPHRASE).
 Keys are given as files, never as text on the command line; no error message shows a key, a
 passphrase, or an argument given where a key file was expected that cannot be read."""
 
@@ -60,7 +73,11 @@ Kinds of keys:
   RSA         keygen --rsa FILE: the same with RSA-OAEP, for HSMs and KMSes without X25519;
               the recipient is the PEM public key (printed, or --public-out PUB).
   Ed25519     keygen --ed25519 FILE: a publisher signing key (--sign-with FILE); the printed
-              ed25519:<hex> (or a PEM public key file) checks signatures (--verify-with)."""
+              ed25519:<hex> (or a PEM public key file) checks signatures (--verify-with).
+  age keys    an age X25519 recipient (age1...) and identity file (AGE-SECRET-KEY-1..., as
+              age-keygen writes it) are X25519 keys: they work wherever X25519 keys do. Only
+              the keys are shared: an enctensor file is not an age file (age cannot open it,
+              nor enctensor an age file). OpenSSH keys (ssh-ed25519, ssh-rsa) are not read."""
 
 
 class CliError(Exception):
@@ -82,7 +99,6 @@ class CliError(Exception):
 
 # --- Keys and passphrases -----------------------------------------------------------------
 
-_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 _LOWER_HEX_64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -145,23 +161,30 @@ def _read_small(path: str, option: str | None = None) -> bytes:
     return data
 
 
-def _raw_key(data: bytes) -> bytes | None:
-    """The key in a key file's bytes: 32 raw bytes, or 64 hex characters (``keygen``'s
-    format; blank lines and ``#`` comment lines are ignored)."""
-    if len(data) == KEY_SIZE:
-        return data
-    try:
-        lines = [ln.strip() for ln in data.decode("ascii").splitlines()]
-    except UnicodeDecodeError:
-        return None
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    if len(lines) == 1 and _HEX_KEY.fullmatch(lines[0]):
-        return bytes.fromhex(lines[0])
-    return None
-
-
 def _is_pem(data: bytes, kind: str) -> bool:
     return f"{kind} KEY-----".encode() in data
+
+
+def _refuse_openssh(data: str | bytes, where: str | None) -> None:
+    """OpenSSH keys are refused, saying what is accepted instead."""
+    refusal = openssh_refusal(data)
+    if refusal is not None:
+        raise CliError(EXIT_USAGE, where, ("is " if where else "the key given is ") + refusal)
+
+
+def _age_key(data: bytes, where: str | None) -> x25519.X25519PrivateKey | x25519.X25519PublicKey | None:
+    """The age X25519 key (recipient or identity) a file holds; None if it holds none."""
+    failure: str | None = None
+    try:
+        return read_age_key(data)
+    except ValueError as e:
+        failure = str(e)
+    # Raised outside the except block: nothing chained (the message never holds the key).
+    raise CliError(EXIT_USAGE, where, failure, "check that the file is the one you meant") from None
+
+
+def _is_public_text(data: bytes) -> bool:
+    return _is_pem(data, "PUBLIC") or data.lstrip().startswith((b"x25519:", b"ed25519:", b"age1"))
 
 
 def read_key_file(path: str, option: str = "-k/--key-file") -> bytes:
@@ -170,14 +193,17 @@ def read_key_file(path: str, option: str = "-k/--key-file") -> bytes:
     key = _raw_key(data)
     if key is not None:
         return key
-    if _is_pem(data, "PRIVATE"):
+    _refuse_openssh(data, path)
+    age = _age_key(data, path)
+    if _is_pem(data, "PRIVATE") or isinstance(age, x25519.X25519PrivateKey):
         raise CliError(
             EXIT_USAGE,
             path,
             "is a private key, not a key file",
-            "give an X25519 or RSA private key with --identity (a signing key with --sign-with)",
+            "give an X25519 or RSA private key (or an age identity) with --identity (a signing key with"
+            " --sign-with)",
         )
-    if _is_pem(data, "PUBLIC") or data.lstrip().startswith((b"x25519:", b"ed25519:")):
+    if age is not None or _is_public_text(data):
         raise CliError(
             EXIT_USAGE,
             path,
@@ -193,10 +219,16 @@ def read_key_file(path: str, option: str = "-k/--key-file") -> bytes:
 
 
 def read_private_key(path: str, option: str = "-i/--identity") -> Any:
-    """An unencrypted PEM (PKCS#8, or the traditional formats) private key file."""
+    """A PEM private key file (PKCS#8 or a traditional format; a password-protected one is
+    opened with ``ENCTENSOR_IDENTITY_PASSPHRASE`` or a passphrase asked on the terminal), or an
+    age X25519 identity file (``AGE-SECRET-KEY-1…``)."""
     data = _read_small(path, option)
+    _refuse_openssh(data, path)
+    age = _age_key(data, path)
+    if isinstance(age, x25519.X25519PrivateKey):
+        return age
     if not _is_pem(data, "PRIVATE"):
-        if _is_pem(data, "PUBLIC") or data.lstrip().startswith((b"x25519:", b"ed25519:")):
+        if age is not None or _is_public_text(data):
             raise CliError(
                 EXIT_USAGE,
                 path,
@@ -210,24 +242,47 @@ def read_private_key(path: str, option: str = "-i/--identity") -> Any:
         raise CliError(
             EXIT_USAGE,
             path,
-            "not a PEM private key file",
+            "not a PEM private key or age identity file",
             "make one with `enctensor keygen --x25519 FILE` (or --rsa, --ed25519)",
         )
+    if pem_is_protected(data):
+        return _protected_private_key(data, path)
     failure: CliError | None = None
     try:
         return serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        failure = CliError(
-            EXIT_USAGE,
-            path,
-            "is a password-protected private key, which enctensor cannot read",
-            "write an unprotected copy readable by you only, e.g. `openssl pkey -in KEY -out PLAIN`",
-        )
+    except TypeError:  # encrypted in a way the markers above do not show: ask for its passphrase
+        pass
     except (ValueError, UnsupportedAlgorithm):
         failure = CliError(
             EXIT_USAGE, path, "not a valid PEM private key (or of a kind enctensor does not know)"
         )
-    # Raised outside the except blocks: no chained exception carries the key's bytes.
+    if failure is not None:
+        # Raised outside the except blocks: no chained exception carries the key's bytes.
+        raise failure from None
+    return _protected_private_key(data, path)
+
+
+def read_identity_passphrase(path: str) -> bytes:
+    """The passphrase of a protected private key: ``ENCTENSOR_IDENTITY_PASSPHRASE``, or asked
+    on the terminal (never read from the command line)."""
+    shown = _shown_arg(path)
+    prompt = f"Enter passphrase for {shown}" if shown else "Enter passphrase for the private key"
+    return _env_or_prompt(IDENTITY_PASSPHRASE_ENV, prompt, confirm=False).encode("utf-8")
+
+
+def _protected_private_key(data: bytes, path: str) -> Any:
+    password = read_identity_passphrase(path)
+    failure: CliError | None = None
+    try:
+        return serialization.load_pem_private_key(data, password=password)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        failure = CliError(
+            EXIT_WRONG_KEY,
+            path,
+            "cannot decrypt this password-protected private key: wrong passphrase (or a damaged file)",
+            f"check ${IDENTITY_PASSPHRASE_ENV}, or unset it to be asked on the terminal",
+        )
+    # Raised outside the except block: no chained exception carries the key or the passphrase.
     raise failure from None
 
 
@@ -294,16 +349,45 @@ def _one_line_key(text: str, prefix: str, what: str, where: str | None) -> bytes
 
 #: What each public key option takes on one line, as ``keygen`` prints it.
 _ONE_LINE_FORM = {
-    "--recipient": "x25519:<hex> key (as `enctensor keygen --x25519` printed it)",
+    "--recipient": "x25519:<hex> key (as `enctensor keygen --x25519` printed it) or an age1… recipient",
     "--verify-with": "ed25519:<hex> key (as `enctensor keygen --ed25519` printed it)",
 }
 
 
+def _age_text(text: str, where: str | None, option: str) -> x25519.X25519PublicKey:
+    """An age recipient given as text (on the command line, or as a file's one line)."""
+    failure: str | None = None
+    key: object = None
+    try:
+        key = age_key(text)
+    except ValueError as e:
+        failure = str(e)
+    if failure is not None:  # raised outside the except block: nothing chained
+        raise CliError(EXIT_USAGE, where, failure, "copy it exactly as age-keygen printed it") from None
+    if isinstance(key, x25519.X25519PrivateKey):
+        raise CliError(
+            EXIT_USAGE,
+            where,
+            ("is" if where else f"the {option} argument is")
+            + f" an age identity, a secret key (not shown); {option} takes the public key",
+            "give its recipient (age1…, as `age-keygen -y FILE` prints it)"
+            + ("" if where else "; and never put a secret key on the command line, where others can see it"),
+        )
+    if key is None:  # starts as an age key does, but has no Bech32 separator
+        raise CliError(EXIT_USAGE, where, "not a valid age key (the value is not shown)")
+    assert isinstance(key, x25519.X25519PublicKey)
+    return key
+
+
 def _public_key_text_or_file(text: str, option: str) -> tuple[str, str | None, object]:
-    """``(one-line text or "", file shown in errors, PEM public key or None)`` for an argument
-    that is a one-line public key or a file holding one or a PEM public key."""
+    """``(one-line text or "", file shown in errors, public key object or None)`` for an
+    argument that is a one-line public key (``x25519:``/``ed25519:``, or an age recipient), or
+    a file holding one or a PEM public key."""
     if text.startswith((X25519_TEXT_PREFIX, ED25519_TEXT_PREFIX)):
         return text.strip(), None, None
+    if age_key_prefix(text):
+        return "", None, _age_text(text, None, option)
+    _refuse_openssh(text, None)
     failure: OSError | None = None
     try:
         data = _read_small(text)
@@ -326,12 +410,18 @@ def _public_key_text_or_file(text: str, option: str) -> tuple[str, str | None, o
     stripped = data.strip()
     if stripped.startswith((X25519_TEXT_PREFIX.encode(), ED25519_TEXT_PREFIX.encode())):
         return stripped.decode("ascii", "replace"), text, None
-    if _is_pem(data, "PRIVATE"):
+    _refuse_openssh(data, text)
+    age = _age_key(data, text)
+    if isinstance(age, x25519.X25519PublicKey):
+        return "", text, age
+    if _is_pem(data, "PRIVATE") or age is not None:
+        age_id = age is not None
         raise CliError(
             EXIT_USAGE,
             text,
-            f"is a private key; {option} takes the public key",
-            f"print the public key with `enctensor pubkey {text}`",
+            f"is {'an age identity, ' if age_id else ''}a private key; {option} takes the public key",
+            f"print the public key with `enctensor pubkey {'--age ' if age_id else ''}{text}`"
+            + (" (age1…)" if age_id else ""),
         )
     if not _is_pem(data, "PUBLIC"):
         raise CliError(
@@ -533,18 +623,25 @@ def credentials(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class Progress:
-    """A progress bar on stderr (tqdm if it is installed), shown only for work that takes
-    more than a second, and only when stderr is a terminal and --quiet is not given. Called as
-    ``progress(done, total)`` in bytes, from any thread."""
+    """A progress bar on stderr, shown only for work that takes more than a second, and only
+    when stderr is a terminal and --quiet is not given. Called as ``progress(done, total)`` in
+    bytes, from any thread. Every figure is in one unit system, binary (KiB, MiB, GiB), the
+    rate as well: ``encrypting m.safetensors:  42% (1.2 GiB of 2.9 GiB) [##########--------------]
+    410.3 MiB/s, 4 s left``."""
 
     DELAY = 1.0
+    #: Redraw at most this often (seconds), except for the last update.
+    INTERVAL = 0.1
+    BAR_WIDTH = 24
 
-    def __init__(self, desc: str, enabled: bool, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, desc: str, enabled: bool, stream: TextIO | None = None, delay: float | None = None
+    ) -> None:
         self.desc = desc
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
+        self.delay = self.DELAY if delay is None else delay
         self._lock = threading.Lock()
-        self._bar: Any = None
         self._start = time.monotonic()
         self._last_draw = 0.0
         self._drawn = False
@@ -553,40 +650,38 @@ class Progress:
         if not self.enabled:
             return
         with self._lock:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                self._fallback(done, total)
+            now = time.monotonic()
+            if now - self._start < self.delay or (now - self._last_draw < self.INTERVAL and done < total):
                 return
-            if self._bar is None:
-                self._bar = tqdm(
-                    total=total,
-                    desc=self.desc,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    delay=self.DELAY,
-                    file=self.stream,
-                    leave=False,
-                    dynamic_ncols=True,
-                )
-            self._bar.update(done - self._bar.n)
+            self._last_draw = now
+            self._draw(self.line(done, total, now - self._start, self._width()))
 
-    def _fallback(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._start < self.DELAY or (now - self._last_draw < 0.2 and done < total):
-            return
-        self._last_draw = now
-        pct = 100 * done // total if total else 100
-        self.stream.write(f"\r{self.desc}: {pct:3d}% ({_size(done)} of {_size(total)})")
+    def line(self, done: int, total: int, seconds: float, width: int = 120) -> str:
+        """The text after ``seconds`` with ``done`` of ``total`` bytes; the bar is as wide as
+        ``width`` columns leave room for (none if too few)."""
+        fraction = min(done / total, 1.0) if total else 1.0
+        rate = done / seconds if seconds > 0 else 0.0
+        head = f"{self.desc}: {int(100 * fraction):3d}% ({_size(done)} of {_size(total)})"
+        tail = f" {_size(rate)}/s" + (
+            f", {(total - done) / rate:.0f} s left" if 0 < rate and done < total else ""
+        )
+        room = min(self.BAR_WIDTH, width - len(head) - len(tail) - 3)
+        if room < 8:
+            return head + tail
+        filled = int(room * fraction)
+        return f"{head} [{'#' * filled}{'-' * (room - filled)}]{tail}"
+
+    @staticmethod
+    def _width() -> int:
+        return shutil.get_terminal_size((80, 24)).columns - 1
+
+    def _draw(self, text: str) -> None:
+        self.stream.write("\r" + text[: self._width()] + "\033[K")
         self.stream.flush()
         self._drawn = True
 
     def close(self) -> None:
         with self._lock:
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
             if self._drawn:
                 self.stream.write("\r\033[K")
                 self.stream.flush()
@@ -603,11 +698,9 @@ class Progress:
         def run() -> None:
             while not stop.wait(0.25):
                 elapsed = time.monotonic() - self._start
-                if elapsed >= self.DELAY:
+                if elapsed >= self.delay:
                     with self._lock:
-                        self.stream.write(f"\r{self.desc}: {elapsed:.0f} s")
-                        self.stream.flush()
-                        self._drawn = True
+                        self._draw(f"{self.desc}: {elapsed:.0f} s")
 
         t = threading.Thread(target=run, daemon=True)
         t.start()
@@ -633,14 +726,6 @@ def _size(n: float) -> str:
 # --- Checks and descriptions shared by the commands ---------------------------------------
 
 
-def _refuse_existing(out: str, force: bool) -> None:
-    if os.path.isdir(out):
-        # Said once, the same with and without --force.
-        raise CliError(EXIT_IO, out, "is a directory, not a file name", "give a file name")
-    if not force and (os.path.exists(out) or os.path.islink(out)):
-        raise CliError(EXIT_IO, out, "already exists", "use --force to overwrite it")
-
-
 def _refuse_same_file(src: str, out: str) -> None:
     """Writing OUT would replace IN while it is read: refused (exit status 2), IN untouched."""
     with contextlib.suppress(OSError):
@@ -650,7 +735,16 @@ def _refuse_same_file(src: str, out: str) -> None:
             )
 
 
+def refuse_directory(path: str) -> None:
+    """``inspect``, ``verify`` and ``rekey`` read one file (or one sharded checkpoint's index)."""
+    if os.path.isdir(path):
+        raise CliError(EXIT_IO, path, "is a directory", "give a file name")
+
+
 def _check_encrypted(path: str, command: str) -> str:
+    from ..convert import FORMATS, detect_format  # imported when needed: start-up time
+
+    refuse_directory(path)
     fmt = detect_format(path)
     if fmt not in ("enctensor", "enctensor-index"):
         if fmt in FORMATS:
@@ -778,7 +872,9 @@ def _add_open_options(p: argparse.ArgumentParser, verify: bool = True) -> None:
         "--identity",
         action="append",
         metavar="PRIVATE_KEY",
-        help="an X25519 or RSA private key file (PEM, as `keygen --x25519/--rsa` writes); repeat to try each",
+        help="an X25519 or RSA private key file (PEM, as `keygen --x25519/--rsa` writes; if it is"
+        f" password-protected, its passphrase comes from ${IDENTITY_PASSPHRASE_ENV} or is asked for), or an"
+        " age identity file (AGE-SECRET-KEY-1…); repeat to try each",
     )
     g.add_argument(
         "-p",
@@ -857,12 +953,28 @@ _OS_HINTS = {
 
 
 #: The hidden temporary name an output is written to before it is renamed (``convert._common``).
-_TEMP_NAME = re.compile(r"\.(?P<final>[^/]+)\.[0-9a-f]{8}\.partial")
+_TEMP_NAME = re.compile(r"\.(?P<final>[^/]+)\.[0-9]+-[0-9a-f]{8}\.partial")
 
 
 def _real_target(text: str) -> str:
     """``dir/.x.enct.1a2b3c4d.partial`` -> ``dir/x.enct``: errors name what the user asked for."""
     return _TEMP_NAME.sub(lambda m: m.group("final"), text)
+
+
+#: Temporary files that stand for what the user gave (a copy of standard input, a file written
+#: before it is copied to standard output): messages name them as the user did.
+_SHOWN_AS: dict[str, str] = {}
+
+
+def show_as(real: str, shown: str) -> None:
+    """Names the temporary file ``real`` as ``shown`` in error messages."""
+    _SHOWN_AS[real] = shown
+
+
+def _as_shown(text: str) -> str:
+    for real, shown in _SHOWN_AS.items():
+        text = text.replace(real, shown)
+    return text
 
 
 def _stanza_hint(path: str | None) -> str:
@@ -891,6 +1003,8 @@ def classify(e: BaseException, default_file: str | None) -> CliError:
         return e
     path = getattr(e, "enctensor_path", None) or default_file
     failure = _classify(e, path)
+    failure.what = _as_shown(failure.what)
+    failure.file = _as_shown(failure.file) if failure.file else failure.file
     rekeyed = getattr(e, "rekeyed", None)
     if rekeyed:
         failure.hint = (

@@ -13,12 +13,21 @@ Formats (the names used by ``format=`` and the CLI):
 - ``"index"``: a Hugging Face sharded checkpoint, given by its ``*.index.json`` (see
   :mod:`enctensor.convert.sharded`).
 
+A directory converts as a whole: a Hugging Face model directory or a TVM / MLC-LLM tensor
+cache becomes a directory of encrypted weights and unchanged other files, whose sizes and
+SHA-256 the encrypted weights record (so they are authenticated too), and back (see
+:mod:`enctensor.convert.directory`, :mod:`enctensor.convert.manifest` and
+:mod:`enctensor.convert.tvm_cache`).
+
 Example::
 
     from enctensor.convert import encrypt_file, decrypt_file
     key = enctensor.generate_key()
     encrypt_file("model.safetensors", "model.enct", key=key)
     decrypt_file("model.enct", "model.safetensors", key=key)
+    encrypt_file("all-MiniLM-L6-v2/", "minilm.enct/", key=key)  # a model directory
+    decrypt_file("minilm.enct/", "minilm/", key=key)
+    verify_directory("minilm.enct/", key=key)  # weights, and config and tokenizer files
 
     # To public-key recipients, signed by the publisher; every shard of a sharded checkpoint
     # gets the same recipients and its own signature.
@@ -43,7 +52,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import _core
-from .._api import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_SCRYPT_LOG_N, DEFAULT_SCRYPT_LOG_N, check_max_scrypt_log_n
+from .._api import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_SCRYPT_LOG_N,
+    DEFAULT_SCRYPT_LOG_N,
+    check_max_scrypt_log_n,
+    stanza_changes,
+)
 from .._api import inspect as _inspect
 from .._keys import (
     Key,
@@ -52,12 +67,11 @@ from .._keys import (
     SigningKey,
     VerifyKey,
     WriteKey,
-    check_keys,
-    check_passphrase,
-    recipient_kwargs,
 )
+from . import directory as _directory
 from . import safetensors as _st
 from . import sharded as _sharded
+from . import tvm_cache as _tvm_cache
 from . import tvm_params as _tvm
 from ._common import (
     ENCT_MAGIC,
@@ -81,6 +95,7 @@ __all__ = [
     "encrypt_file",
     "output_format",
     "rekey_file",
+    "verify_directory",
     "verify_file",
 ]
 
@@ -95,6 +110,8 @@ _DESCRIPTIONS = {
     "index": "a sharded checkpoint index",
     "enctensor": "an enctensor file",
     "enctensor-index": "an encrypted sharded checkpoint index",
+    "directory": "a model directory",
+    "enctensor-directory": "an encrypted model directory",
 }
 
 
@@ -120,7 +137,13 @@ def _is_safetensors(head: bytes, size: int) -> bool:
 
 def detect_format(path: PathLike) -> str | None:
     """The format of ``path`` from its content: ``"safetensors"``, ``"params"``,
-    ``"index"``, ``"enctensor"``, ``"enctensor-index"``, or ``None`` if it is none of them."""
+    ``"index"``, ``"enctensor"``, ``"enctensor-index"``, or ``None`` if it is none of them;
+    for a directory, ``"directory"`` (it holds plaintext weights: safetensors files or a TVM
+    tensor cache), ``"enctensor-directory"`` (it holds encrypted ones) or ``None``, from the
+    names of its files."""
+    if os.path.isdir(path):
+        with about(path):
+            return _directory.kind(path)
     with about(path), open(path, "rb") as f:
         head = f.read(16)
         size = os.fstat(f.fileno()).st_size
@@ -178,7 +201,9 @@ def encrypt_file(
 ) -> Conversion:
     """Encrypts a safetensors file, a TVM ``.params`` file or a sharded checkpoint (given
     by its index JSON, whose encrypted counterpart is written to ``dst``, with the shards
-    next to it), detected from the content of ``src``.
+    next to it), detected from the content of ``src``; or a model directory (a Hugging Face
+    model directory, a TVM / MLC-LLM tensor cache, or both) into the new directory ``dst``
+    (see :mod:`enctensor.convert.directory`).
 
     Whoever holds any of these opens the output: ``key``, 32 bytes (or several keys);
     ``recipients``, X25519 or RSA public keys (objects, PEM files or ``x25519:<hex>`` texts,
@@ -188,6 +213,17 @@ def encrypt_file(
     :class:`FileExistsError` unless ``overwrite``; a replaced output keeps its mode.
     """
     secret = Secret.for_writing(key, passphrase, recipients, sign_with)
+    if os.path.isdir(src):
+        tensors, nbytes = _directory.encrypt(
+            src,
+            dst,
+            secret,
+            chunk_size=chunk_size,
+            scrypt_log_n=scrypt_log_n,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        return Conversion("directory", "enctensor-directory", [Path(dst)], tensors, nbytes)
     fmt = detect_format(src)
     if fmt not in FORMATS:
         raise _not_a(src, fmt, "a safetensors file, TVM .params file or sharded checkpoint index")
@@ -266,11 +302,25 @@ def decrypt_file(
     The plaintext files are written atomically (temporary file in the same directory, fsync,
     rename) and created with mode ``0o600``, readable by their owner only, unless ``mode``
     (permission bits, e.g. ``0o644``) is given; a file replaced with ``overwrite=True`` keeps
-    its mode (and owner and group, where permitted) unless ``mode`` is given."""
+    its mode (and owner and group, where permitted) unless ``mode`` is given.
+
+    An encrypted model directory (what :func:`encrypt_file` makes of a directory) decrypts
+    into the new directory ``dst``, byte for byte; ``mode`` then applies to the decrypted
+    files (weights and their indexes), and copied files keep their modes."""
     file_mode = check_mode(mode)
     secret = Secret.for_reading(
         key, passphrase, verify_with, max_scrypt_log_n=max_scrypt_log_n, expect_metadata=expect_metadata
     )
+    if os.path.isdir(src):
+        if format is not None or expect_checkpoint is not None:
+            raise ValueError(
+                f"{src}: a directory decrypts to the formats it was encrypted from: format= and"
+                " expect_checkpoint= apply to one file or one sharded checkpoint"
+            )
+        tensors, nbytes = _directory.decrypt(
+            src, dst, secret, overwrite=overwrite, mode=file_mode, new_mode=PLAINTEXT_MODE, progress=progress
+        )
+        return Conversion("enctensor-directory", "directory", [Path(dst)], tensors, nbytes)
     src_fmt = detect_format(src)
     if src_fmt not in ("enctensor", "enctensor-index"):
         raise _not_a(src, src_fmt, "an enctensor file or encrypted checkpoint index")
@@ -286,13 +336,14 @@ def decrypt_file(
         )
     with Staging(overwrite, mode=file_mode, new_mode=PLAINTEXT_MODE) as staging:
         if fmt == "index":
-            tensors, nbytes, dropped = _sharded.decrypt(
-                src,
-                dst,
-                secret,
-                staging,
-                meter_factory=lambda total: Meter(total, progress),
-                expect_checkpoint=expect_checkpoint,
+            index, readers = _sharded.open_set(src, secret, expect_checkpoint=expect_checkpoint)
+            if _tvm_cache.is_cache(readers):
+                raise ValueError(
+                    f"{src}: the index of an encrypted TVM tensor cache: decrypt the directory that holds it,"
+                    " which gives the cache back as TVM wrote it"
+                )
+            tensors, nbytes, dropped = _sharded.write_plain(
+                index, readers, dst, staging, meter_factory=lambda total: Meter(total, progress)
             )
         else:
             tmp = staging.add(dst)
@@ -332,10 +383,17 @@ def verify_file(
     the publisher signature of each; returns (tensors, bytes). Raises
     :class:`~enctensor.WrongKeyError`, :class:`~enctensor.IntegrityError` or
     :class:`~enctensor.FormatError`. ``expect_metadata``, ``expect_checkpoint`` and
-    ``max_scrypt_log_n`` are as for :func:`decrypt_file`."""
+    ``max_scrypt_log_n`` are as for :func:`decrypt_file`. An encrypted model directory is
+    verified whole, as :func:`verify_directory` does."""
     secret = Secret.for_reading(
         key, passphrase, verify_with, max_scrypt_log_n=max_scrypt_log_n, expect_metadata=expect_metadata
     )
+    if os.path.isdir(src):
+        if expect_checkpoint is not None:
+            raise ValueError(
+                f"{src}: expect_checkpoint pins one sharded checkpoint: give its encrypted index, not a directory"
+            )
+        return _directory.verify(src, secret)
     fmt = detect_format(src)
     _checkpoint_is_for_sets(src, fmt, expect_checkpoint)
     if fmt == "enctensor-index":
@@ -349,6 +407,35 @@ def verify_file(
     return len(rows), sum(r[4] for r in rows)
 
 
+def verify_directory(
+    src: PathLike,
+    *,
+    key: Key | list[Key] | tuple[Key, ...] | None = None,
+    passphrase: Passphrase | None = None,
+    verify_with: VerifyKey | None = None,
+    expect_metadata: Mapping[str, str] | None = None,
+    max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+) -> tuple[int, int]:
+    """Verifies an encrypted model directory (what :func:`encrypt_file` makes of a
+    directory) without keeping any plaintext: every encrypted file is authenticated (and
+    with ``verify_with`` its publisher signature checked; every sharded set checked whole),
+    every one must hold the same manifest (``enctensor.files`` metadata entry, see
+    :mod:`enctensor.convert.manifest`), the directory must hold exactly the files it lists
+    (``.gitattributes`` excepted) and every copied file (config, tokenizer, ...) the size and
+    SHA-256 it records; then every chunk is verified. Returns (tensors, bytes). A changed,
+    missing or added file is an :class:`~enctensor.IntegrityError` naming it. Call it before
+    loading files of the directory with other libraries (e.g. a tokenizer). The arguments
+    are those of :func:`verify_file`."""
+    if not os.path.isdir(src):
+        raise NotADirectoryError(
+            20, "not a directory: give an encrypted model directory (or use verify_file)", os.fspath(src)
+        )
+    secret = Secret.for_reading(
+        key, passphrase, verify_with, max_scrypt_log_n=max_scrypt_log_n, expect_metadata=expect_metadata
+    )
+    return _directory.verify(src, secret)
+
+
 def rekey_file(
     path: PathLike,
     *,
@@ -360,10 +447,13 @@ def rekey_file(
     scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
     on_done: Callable[[Path, str], None] | None = None,
+    **changes: Any,
 ) -> list[tuple[Path, str]]:
-    """Replaces who can open an enctensor file, or every shard of an encrypted sharded
-    checkpoint index, as :func:`enctensor.rekey` does; returns ``(file, "in-place" |
-    "rewritten")`` for each file, and calls ``on_done`` with the same as each is done.
+    """Changes who can open an enctensor file, or every shard of an encrypted sharded
+    checkpoint index, as :func:`enctensor.rekey` does (``changes`` are its ``add_*``,
+    ``remove_*``, ``replace`` and ``fingerprints`` arguments, applied to every file); returns
+    ``(file, "in-place" | "rewritten")`` for each file, and calls ``on_done`` with the same as
+    each is done.
 
     ``key`` is anything :func:`enctensor.load` takes as a key (except a key provider), or a
     list of those, tried in turn for each file. For an index, every shard is first opened
@@ -373,7 +463,13 @@ def rekey_file(
     ``rekeyed``, the list of those files. ``max_scrypt_log_n`` is as for :func:`enctensor.load`.
     """
     secret = Secret.for_reading(key, passphrase, max_scrypt_log_n=check_max_scrypt_log_n(max_scrypt_log_n))
-    new = _new_stanzas(new_keys, new_recipients, new_passphrase, scrypt_log_n)
+    new = stanza_changes(
+        new_keys=new_keys,
+        new_recipients=new_recipients,
+        new_passphrase=new_passphrase,
+        scrypt_log_n=scrypt_log_n,
+        **changes,
+    )
     fmt = detect_format(path)
     creds: list[dict[str, Any]] | None = None
     if fmt == "enctensor":
@@ -407,31 +503,3 @@ def rekey_file(
                 e.rekeyed = [f for f, _ in done]  # type: ignore[attr-defined]
         raise
     return done
-
-
-def _new_stanzas(
-    new_keys: object, new_recipients: object, new_passphrase: object, scrypt_log_n: int
-) -> dict[str, Any]:
-    """The new-credential arguments of ``_core.rekey``, checked (and any key file read) once."""
-    if isinstance(new_keys, str | bytes | bytearray | memoryview | os.PathLike) or not isinstance(
-        new_keys, Iterable
-    ):
-        keys = check_keys(new_keys, "new_keys")
-    else:
-        keys = check_keys(list(new_keys), "new_keys")
-    public = recipient_kwargs(new_recipients)
-    p = check_passphrase(new_passphrase, "new_passphrase")
-    if p is not None and (keys or public["x25519"] or public["rsa_spki"]):
-        raise ValueError(
-            "a passphrase must be the only way to open a file: give either a new passphrase, or new keys"
-            " and recipients"
-        )
-    if p is None and not keys and not public["x25519"] and not public["rsa_spki"]:
-        raise ValueError("rekey needs at least one new key, recipient or passphrase")
-    return {
-        "new_keys": keys,
-        "new_passphrase": p,
-        "new_x25519": public["x25519"],
-        "new_rsa_spki": public["rsa_spki"],
-        "log_n": scrypt_log_n,
-    }

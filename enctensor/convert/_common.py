@@ -8,6 +8,7 @@ import errno
 import mmap
 import os
 import secrets
+import shutil
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -269,6 +270,50 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+def temporary_name(final: Path, suffix: str) -> Path:
+    """``dir/.<name>.<pid>-<random>.<suffix>`` beside ``final``, after removing those that
+    earlier writes to ``final`` left behind when their process died (SIGKILL, power loss):
+    the pid in the name says whose it is, and a live process's is never touched."""
+    remove_stale_temporaries(final, suffix)
+    return final.parent / f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.{suffix}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temporaries(final: Path, suffix: str) -> None:
+    """Removes the temporary files or trees of dead processes for ``final`` (see
+    :func:`temporary_name`), with the Rust writer's own temporary files inside them."""
+    prefix, end = f".{final.name}.", f".{suffix}"
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(end)):
+            continue
+        pid, dash, rest = name[len(prefix) : -len(end)].partition("-")
+        if not (dash and pid.isdigit() and len(rest) == 8) or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        path = Path(entry.path)
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        for stray in final.parent.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stray.unlink()
+
+
 @dataclass
 class Staging:
     """Output files written under temporary names in their final directories and put in
@@ -305,7 +350,7 @@ class Staging:
             if parent.exists():
                 raise NotADirectoryError(errno.ENOTDIR, f"{parent} is not a directory", os.fspath(final))
             raise FileNotFoundError(errno.ENOENT, f"the directory {parent} does not exist", os.fspath(final))
-        tmp = parent / f".{final.name}.{secrets.token_hex(4)}.partial"
+        tmp = temporary_name(final, "partial")
         # Creating the file now both reserves the name and finds an unwritable directory
         # before any expensive work.
         private = self.mode is not None or self.new_mode is not None

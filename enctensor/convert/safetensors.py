@@ -5,25 +5,41 @@ A safetensors file is an 8-byte little-endian header length ``N``, ``N`` bytes o
 spaces) and the tensor bytes, which must cover the data section exactly, without holes.
 
 The tensors are stored in data order, their bytes unchanged. ``__metadata__`` becomes the
-enctensor metadata as it is, in the same order; nothing is added to it, except in one case: a
-file whose ``__metadata__`` is present but empty gets ``"enctensor.safetensors":
-"{"empty_metadata":true}"`` so that decryption can tell it from a file without
-``__metadata__`` (``safe_open(...).metadata()`` returns ``{}`` for one and ``None`` for the
-other). Writing back produces the header the safetensors library itself writes (compact JSON,
-``__metadata__`` first, tensors in data order, space padding to a multiple of 8), so a file
-written by that library converts back byte for byte.
+enctensor metadata as it is, in the same order. Writing back produces the header the
+safetensors library itself writes (compact JSON, ``__metadata__`` first, tensors in data
+order, space padding to a multiple of 8), so a file written by that library converts back
+byte for byte with nothing added to the metadata. Two cases need the converter's metadata
+entry ``"enctensor.safetensors"`` (compact JSON):
+
+- ``{"empty_metadata":true}``: ``__metadata__`` is present but empty, which decryption must
+  tell from a file without it (``safe_open(...).metadata()`` returns ``{}`` for one and
+  ``None`` for the other);
+- ``{"header":"<the header text>"}``: the header is not the one the safetensors library
+  would write (another writer: other member order, whitespace, escapes or padding). The
+  header is kept as it was (it says nothing the enctensor header does not: names, dtypes,
+  shapes, offsets and metadata), and decryption writes it back after checking that it
+  describes exactly the file's tensors and metadata.
+
+Decrypting to safetensors keeps every metadata entry (all are strings, which
+``__metadata__`` holds), including ``"enctensor.tvm_params"`` of a file converted from a TVM
+``.params`` file (so that converting the result back gives the ``.params`` file again). A
+source file may carry that entry only with a value the ``.params`` converter accepts for its
+tensors; ``"enctensor.safetensors"`` is the converter's own and refused in a source file.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import _core
 from .._dtypes import ITEMSIZE as _ITEMSIZE
+from ..errors import FormatError
+from . import tvm_params
 from ._common import (
     Decryptor,
     InputFormatError,
@@ -38,10 +54,8 @@ from ._common import (
 
 #: The safetensors library refuses headers larger than this.
 MAX_HEADER_LEN = 100_000_000
-#: Metadata key written only when it is needed to restore an empty ``__metadata__``.
+#: Metadata key written only when it is needed to restore the header as it was (see above).
 BOOKKEEPING_KEY = "enctensor.safetensors"
-#: Metadata keys that the converters own; a source file may not use them.
-RESERVED_KEYS = frozenset({BOOKKEEPING_KEY, "enctensor.tvm_params"})
 
 #: dtype name -> element size; enctensor's dtypes are a subset of safetensors', same names.
 ITEMSIZE: dict[str, int] = dict(_ITEMSIZE)
@@ -63,6 +77,8 @@ class Header:
     metadata: dict[str, str] | None
     tensors: list[TensorEntry]  # in data order
     data_start: int
+    #: The JSON header as stored (padding included, length prefix excluded).
+    raw: bytes
 
     @property
     def nbytes(self) -> int:
@@ -94,46 +110,79 @@ def read_header(m: MappedFile) -> Header:
                 f"{m.path}: not a safetensors file: its header length ({n}) is larger than the file"
                 f" or than {MAX_HEADER_LEN} bytes"
             )
-        raw = m.read(8, n)
+        return parse_header(m.read(8, n), m.path, m.size - 8 - n)
+
+
+def parse_header(raw: bytes, path: PathLike, data_len: int) -> Header:
+    """Parses and checks the JSON header ``raw`` of a safetensors file (of ``path``, for
+    messages) whose data section is ``data_len`` bytes long."""
+    with about(path):
         if not raw.startswith(b"{"):
-            raise InputFormatError(f"{m.path}: not a safetensors file: the header is not a JSON object")
+            raise InputFormatError(f"{path}: not a safetensors file: the header is not a JSON object")
         try:
             obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
         except InputFormatError as e:
-            raise InputFormatError(f"{m.path}: invalid safetensors header: {e}") from None
-        except (UnicodeDecodeError, ValueError) as e:
-            raise InputFormatError(f"{m.path}: invalid safetensors header: {e}") from None
+            raise InputFormatError(f"{path}: invalid safetensors header: {e}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise InputFormatError(f"{path}: invalid safetensors header: {e}") from None
         if not isinstance(obj, dict):
-            raise InputFormatError(f"{m.path}: invalid safetensors header: not a JSON object")
+            raise InputFormatError(f"{path}: invalid safetensors header: not a JSON object")
         metadata = obj.pop("__metadata__", None)
         if metadata is not None and not (
             isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
         ):
-            raise InputFormatError(f"{m.path}: invalid safetensors header: __metadata__ must map str to str")
-        if metadata:
-            reserved = sorted(RESERVED_KEYS & metadata.keys())
-            if reserved:
-                raise InputFormatError(
-                    f"{m.path}: metadata key {reserved[0]!r} is reserved for enctensor's converters"
-                )
-        tensors = [_entry(m.path, name, info) for name, info in obj.items()]
+            raise InputFormatError(f"{path}: invalid safetensors header: __metadata__ must map str to str")
+        if metadata and BOOKKEEPING_KEY in metadata:
+            raise InputFormatError(
+                f"{path}: metadata key {BOOKKEEPING_KEY!r} is reserved for enctensor's converters"
+            )
+        tensors = [_entry(Path(path), name, info) for name, info in obj.items()]
         # Stable: zero-byte tensors at the same offset keep their header order.
         tensors.sort(key=lambda t: (t.begin, t.end))
         pos = 0
         for t in tensors:
             if t.begin != pos:
                 raise InputFormatError(
-                    f"{m.path}: invalid safetensors file: tensor {t.name!r} starts at {t.begin}, expected {pos}"
+                    f"{path}: invalid safetensors file: tensor {t.name!r} starts at {t.begin}, expected {pos}"
                     " (tensor data must not overlap or leave holes)"
                 )
             pos = t.end
-        data_len = m.size - 8 - n
         if pos != data_len:
             raise InputFormatError(
-                f"{m.path}: invalid safetensors file: the tensors cover {pos} bytes of data but the file"
+                f"{path}: invalid safetensors file: the tensors cover {pos} bytes of data but the file"
                 f" holds {data_len}"
             )
-        return Header(metadata, tensors, 8 + n)
+        header = Header(metadata, tensors, 8 + len(raw), raw)
+        if metadata and tvm_params.METADATA_KEY in metadata:
+            _check_tvm_bookkeeping(header, path)
+        return header
+
+
+class _Described:
+    """What a reader of the encrypted file would say about the tensors and metadata of a
+    safetensors header (for checking converter metadata before anything is written)."""
+
+    def __init__(self, metadata: Mapping[str, str], tensors: Iterable[TensorEntry]) -> None:
+        self._metadata = list(metadata.items())
+        self._rows = [(t.name, t.dtype, t.shape, True, t.end - t.begin) for t in tensors]
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return self._metadata
+
+    def tensors(self) -> list[tuple[str, str, list[int], bool, int]]:
+        return self._rows
+
+
+def _check_tvm_bookkeeping(header: Header, path: PathLike) -> None:
+    """A source file may carry the ``.params`` converter's entry only as that converter
+    would read it for these tensors (as a decrypted ``.params``-born file does)."""
+    try:
+        tvm_params.plan(_Described(header.metadata or {}, header.tensors), path)  # type: ignore[arg-type]
+    except InputFormatError as e:
+        raise InputFormatError(
+            f"{path}: metadata key {tvm_params.METADATA_KEY!r} is reserved for enctensor's converters,"
+            f" and its value here is not one they read ({e})"
+        ) from None
 
 
 def _entry(path: Path, name: str, info: object) -> TensorEntry:
@@ -173,13 +222,35 @@ def _entry(path: Path, name: str, info: object) -> TensorEntry:
     return TensorEntry(name, dtype, list(shape), begin, end)
 
 
+def canonical_header(
+    metadata: Mapping[str, str] | None, tensors: Iterable[tuple[str, str, list[int], int]]
+) -> bytes:
+    """The JSON header the safetensors library writes (padding included, no length prefix)
+    for ``metadata`` and ``(name, dtype, shape, nbytes)`` in data order."""
+    obj: dict[str, Any] = {}
+    if metadata is not None:
+        obj["__metadata__"] = dict(metadata)
+    pos = 0
+    for name, dtype, shape, nbytes in tensors:
+        obj[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
+        pos += nbytes
+    js = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return js + b" " * (-len(js) % 8)
+
+
 def enct_metadata(header: Header) -> list[tuple[str, str]]:
     """The enctensor metadata that stands for ``__metadata__`` (see the module docstring)."""
-    if header.metadata is None:
-        return []
-    if not header.metadata:
-        return [(BOOKKEEPING_KEY, '{"empty_metadata":true}')]
-    return list(header.metadata.items())
+    out = list((header.metadata or {}).items())
+    canonical = canonical_header(
+        header.metadata, ((t.name, t.dtype, t.shape, t.end - t.begin) for t in header.tensors)
+    )
+    if header.raw != canonical:
+        book: dict[str, Any] = {"header": header.raw.decode("utf-8")}
+    elif header.metadata == {}:
+        book = {"empty_metadata": True}
+    else:
+        return out
+    return [*out, (BOOKKEEPING_KEY, json.dumps(book, separators=(",", ":"), ensure_ascii=False))]
 
 
 def rows(m: MappedFile, header: Header) -> list[Row]:
@@ -220,47 +291,51 @@ def encrypt(
     return header
 
 
-def header_bytes(reader: _core.Reader, shown: PathLike) -> tuple[bytes, list[str]]:
-    """The safetensors header (with its length prefix) for the tensors of ``reader``, and
-    the metadata keys that are dropped (converter bookkeeping of other formats)."""
+def _bookkeeping(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        book = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    return book if isinstance(book, dict) else {}
+
+
+def header_bytes(reader: _core.Reader, shown: PathLike) -> bytes:
+    """The safetensors header (with its length prefix) for the tensors and metadata of
+    ``reader``: the stored original if the file has one (checked against the file), else the
+    one the safetensors library writes."""
     md = dict(reader.metadata())
-    dropped = []
-    marker = md.pop(BOOKKEEPING_KEY, None)
-    for k in sorted(RESERVED_KEYS - {BOOKKEEPING_KEY}):
-        if md.pop(k, None) is not None:
-            dropped.append(k)
-    obj: dict[str, Any] = {}
-    if md:
-        obj["__metadata__"] = md
-    elif marker is not None:
-        try:
-            empty = json.loads(marker).get("empty_metadata") is True
-        except (ValueError, AttributeError):
-            empty = False
-        if empty:
-            obj["__metadata__"] = {}
-    pos = 0
-    for name, dtype, shape, _, nbytes in reader.tensors():
-        if name == "__metadata__":
+    book = _bookkeeping(md.pop(BOOKKEEPING_KEY, None))
+    rows = [(name, dtype, list(shape), nbytes) for name, dtype, shape, _, nbytes in reader.tensors()]
+    if isinstance(book.get("header"), str):
+        raw: bytes = book["header"].encode("utf-8")
+        stored = parse_header(raw, shown, sum(r[3] for r in rows))
+        described = [(t.name, t.dtype, t.shape, t.end - t.begin) for t in stored.tensors]
+        if described != rows or (stored.metadata or {}) != md:
+            raise FormatError(
+                f"{shown}: the safetensors header stored in its {BOOKKEEPING_KEY!r} metadata entry does not"
+                " describe the tensors and metadata of the file: it was not written by enctensor's converter"
+            )
+    else:
+        if any(name == "__metadata__" for name, *_ in rows):
             raise InputFormatError(
                 f"{shown}: a tensor named '__metadata__' cannot be stored in a safetensors file"
             )
-        obj[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
-        pos += nbytes
-    js = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    js += b" " * (-len(js) % 8)
-    return struct.pack("<Q", len(js)) + js, dropped
+        empty = book.get("empty_metadata") is True
+        raw = canonical_header(md if md or empty else None, rows)
+    return struct.pack("<Q", len(raw)) + raw
 
 
 def write(reader: _core.Reader, out: BinaryIO, *, meter: Meter | None, shown: PathLike) -> list[str]:
     """Writes the decrypted tensors of ``reader`` as a safetensors file to ``out``, one
-    bounded step at a time; returns the metadata keys that were dropped."""
-    head, dropped = header_bytes(reader, shown)
-    out.write(head)
+    bounded step at a time; returns the metadata keys that were dropped (none: a safetensors
+    file holds every metadata entry)."""
+    out.write(header_bytes(reader, shown))
     with Decryptor(reader, meter) as dec, about(shown):
         for i, (_, _, _, _, nbytes) in enumerate(reader.tensors()):
             dec.copy(i, nbytes, out)
-    return dropped
+    return []
 
 
 def data_size(path: PathLike) -> int:
@@ -269,4 +344,14 @@ def data_size(path: PathLike) -> int:
         return read_header(m).nbytes
 
 
-__all__ = ["Header", "InputFormatError", "TensorEntry", "encrypt", "header_bytes", "read_header", "write"]
+__all__ = [
+    "Header",
+    "InputFormatError",
+    "TensorEntry",
+    "canonical_header",
+    "encrypt",
+    "header_bytes",
+    "parse_header",
+    "read_header",
+    "write",
+]

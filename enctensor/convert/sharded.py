@@ -3,9 +3,10 @@ encrypted index (e.g. ``model.enct.index.json``) + encrypted shards.
 
 The encrypted index has the same structure as the original, with every ``weight_map`` entry
 pointing to the encrypted shard: ``X.safetensors`` becomes ``X.enct`` (and back). Other
-members (``metadata.total_size``, ...) are kept as they are. Indexes are written as the
-``transformers`` library writes them (``json.dumps(indent=2)`` plus a newline), keeping the
-member order of the input, so a ``transformers`` index converts back byte for byte.
+members (``metadata.total_size``, ...) are kept as they are, in their order, and the index is
+written in the layout of the input: ``json.dumps`` with an indent of 2 (``transformers``,
+``huggingface_hub``) or 4, or none, with or without a final newline. An index in any other
+layout is written as ``transformers`` writes one (indent 2, final newline).
 
 The index itself is not encrypted or authenticated (it holds only names). What binds the set
 is each encrypted shard's metadata entry ``enctensor.shard`` (checkpoint id, position, count
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,17 @@ def decrypted_name(shard: str) -> str:
     return (shard.removesuffix(ENC_SUFFIX)) + PLAIN_SUFFIX
 
 
+#: ``(indent, end)`` of the JSON layouts an index is written back in; the first is the default.
+Layout = tuple[int | None, str]
+LAYOUTS: tuple[Layout, ...] = ((2, "\n"), (2, ""), (4, "\n"), (4, ""), (None, ""), (None, "\n"))
+
+
 @dataclass(frozen=True)
 class Index:
     path: Path
     obj: dict[str, Any]
     shards: dict[str, list[str]]  # shard file name -> tensor names, in index order
+    layout: Layout = LAYOUTS[0]
 
     def shard_path(self, shard: str) -> Path:
         return self.path.parent / shard
@@ -76,16 +83,22 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def load_json(path: PathLike) -> Any:
-    """Parses a JSON file of at most ``MAX_INDEX_LEN`` bytes."""
+def read_json(path: PathLike, what: str = "checkpoint index") -> tuple[bytes, Any]:
+    """The bytes of the JSON file ``path`` (``what`` it should be, for messages; at most
+    ``MAX_INDEX_LEN`` bytes) and their parsed value (duplicate member names refused)."""
     with about(path), open(path, "rb") as f:
         raw = f.read(MAX_INDEX_LEN + 1)
         if len(raw) > MAX_INDEX_LEN:
-            raise InputFormatError(f"{path}: too large for a checkpoint index")
+            raise InputFormatError(f"{path}: too large for a {what}")
         try:
-            return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise InputFormatError(f"{path}: not a JSON checkpoint index: {e}") from None
+            return raw, json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise InputFormatError(f"{path}: not a JSON {what}: {e}") from None
+
+
+def load_json(path: PathLike) -> Any:
+    """Parses a JSON checkpoint index of at most ``MAX_INDEX_LEN`` bytes."""
+    return read_json(path)[1]
 
 
 def safe_name(path: PathLike, name: object) -> str:
@@ -99,18 +112,20 @@ def safe_name(path: PathLike, name: object) -> str:
 
 def read_index(path: PathLike) -> Index:
     """Parses and checks a sharded checkpoint index."""
-    obj = load_json(path)
+    raw, obj = read_json(path)
     with about(path):
         if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
             raise InputFormatError(f"{path}: not a checkpoint index: no weight_map object")
         shards: dict[str, list[str]] = {}
         for tensor, shard in obj["weight_map"].items():
             shards.setdefault(safe_name(path, shard), []).append(tensor)
-        return Index(Path(path), obj, shards)
+        layout = next((lay for lay in LAYOUTS if dump_index(obj, lay) == raw), LAYOUTS[0])
+        return Index(Path(path), obj, shards, layout)
 
 
-def dump_index(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+def dump_index(obj: dict[str, Any], layout: Layout = LAYOUTS[0]) -> bytes:
+    indent, end = layout
+    return (json.dumps(obj, indent=indent) + end).encode("utf-8")
 
 
 def _renamed(index: Index, rename: Callable[[str], str]) -> dict[str, Any]:
@@ -176,6 +191,32 @@ def _encrypt_shard(
     return header
 
 
+@dataclass(frozen=True)
+class Member:
+    """One file of a set to encrypt: its name next to the index, and how to write it."""
+
+    name: str
+    #: ``encrypt(staged temporary file, its enctensor.shard entry)`` writes the encrypted
+    #: file and returns the number of tensors in it.
+    encrypt: Callable[[Path, str], int]
+
+
+def stage_set(index_dst: Path, members: Sequence[Member], index_text: bytes, staging: Staging) -> int:
+    """Stages a set: every member, in the order given (the set's order), encrypted with the
+    ``enctensor.shard`` entry of one fresh checkpoint id, and its index ``index_text`` at
+    ``index_dst``; returns the number of tensors."""
+    files = [m.name for m in members]
+    checkpoint = new_checkpoint()
+    plan = [staging.add(index_dst.parent / name) for name in files]
+    index_tmp = staging.add(index_dst)
+    tensors = 0
+    for position, (member, tmp) in enumerate(zip(members, plan, strict=True)):
+        tensors += member.encrypt(tmp, entry_text(checkpoint, position, files))
+    with open_output(index_tmp) as f:
+        f.write(index_text)
+    return tensors
+
+
 def encrypt(
     src: PathLike,
     dst: PathLike,
@@ -194,27 +235,27 @@ def encrypt(
         raise InputFormatError(f"{src}: the index maps no tensor to any shard: there is nothing to encrypt")
     meter = meter_factory(data_size(index))
     dst = Path(dst)
-    files = sorted(encrypted_name(shard) for shard in index.shards)
-    position = {name: i for i, name in enumerate(files)}
-    checkpoint = new_checkpoint()
-    plan = [(shard, staging.add(dst.parent / encrypted_name(shard))) for shard in index.shards]
-    index_tmp = staging.add(dst)
-    tensors = 0
-    for shard, tmp in plan:
+
+    def member(shard: str) -> Member:
         name = encrypted_name(shard)
-        header = _encrypt_shard(
-            index.shard_path(shard),
-            tmp,
-            secret,
-            entry_text(checkpoint, position[name], files),
-            chunk_size=chunk_size,
-            scrypt_log_n=scrypt_log_n,
-            meter=meter,
-            shown=dst.parent / name,
-        )
-        tensors += len(header.tensors)
-    with open_output(index_tmp) as f:
-        f.write(dump_index(_renamed(index, encrypted_name)))
+
+        def encrypt_shard(tmp: Path, entry: str) -> int:
+            header = _encrypt_shard(
+                index.shard_path(shard),
+                tmp,
+                secret,
+                entry,
+                chunk_size=chunk_size,
+                scrypt_log_n=scrypt_log_n,
+                meter=meter,
+                shown=dst.parent / name,
+            )
+            return len(header.tensors)
+
+        return Member(name, encrypt_shard)
+
+    members = sorted((member(shard) for shard in index.shards), key=lambda m: m.name)
+    tensors = stage_set(dst, members, dump_index(_renamed(index, encrypted_name), index.layout), staging)
     return tensors, meter.total
 
 
@@ -263,18 +304,16 @@ class _Unbound:
         return getattr(self._reader, name)
 
 
-def decrypt(
-    src: PathLike,
+def write_plain(
+    index: Index,
+    readers: list[tuple[str, _core.Reader]],
     dst: PathLike,
-    secret: Secret,
     staging: Staging,
     *,
     meter_factory: Callable[[int], Meter],
-    expect_checkpoint: str | None = None,
 ) -> tuple[int, int, list[str]]:
-    """Stages the decrypted shards and index; returns (tensors, bytes, dropped metadata).
-    The set is checked whole (:func:`open_set`) before anything is written."""
-    index, readers = open_set(src, secret, expect_checkpoint=expect_checkpoint)
+    """Stages the plaintext checkpoint of a set opened with :func:`open_set`: the index at
+    ``dst`` and the shards next to it; returns (tensors, bytes, dropped metadata)."""
     dst = Path(dst)
     plan = [staging.add(dst.parent / decrypted_name(shard)) for shard, _ in readers]
     index_tmp = staging.add(dst)
@@ -288,7 +327,7 @@ def decrypt(
             dropped.update(st.write(unbound, f, meter=meter, shown=index.shard_path(shard)))
         tensors += len(reader.tensors())
     with open_output(index_tmp) as f:
-        f.write(dump_index(_renamed(index, decrypted_name)))
+        f.write(dump_index(_renamed(index, decrypted_name), index.layout))
     return tensors, total, sorted(dropped)
 
 

@@ -283,20 +283,27 @@ def save_model(
 # Loading
 
 
-def _pinned_staging(
-    rows: list[tuple[str, str, list[int], bool, int]],
-) -> Iterable[list[tuple[int, torch.Tensor]]]:
-    """Batches of ``(row index, pinned uint8 tensor)`` of at most ``_PINNED_BATCH`` bytes."""
+def _batches(sizes: list[int], limit: int) -> Iterable[list[int]]:
+    """Positions of ``sizes`` in order, cut into runs of at most ``limit`` bytes (64-byte
+    aligned each; a single larger item is a run of its own)."""
     batch: list[int] = []
     size = 0
-    for i, row in enumerate(rows):
-        n = -(-row[4] // _ALIGN) * _ALIGN
-        if batch and size + n > _PINNED_BATCH:
-            yield _pinned_batch(rows, batch)
+    for i, nbytes in enumerate(sizes):
+        n = -(-nbytes // _ALIGN) * _ALIGN
+        if batch and size + n > limit:
+            yield batch
             batch, size = [], 0
         batch.append(i)
         size += n
     if batch:
+        yield batch
+
+
+def _pinned_staging(
+    rows: list[tuple[str, str, list[int], bool, int]],
+) -> Iterable[list[tuple[int, torch.Tensor]]]:
+    """Batches of ``(row index, pinned uint8 tensor)`` of at most ``_PINNED_BATCH`` bytes."""
+    for batch in _batches([row[4] for row in rows], _PINNED_BATCH):
         yield _pinned_batch(rows, batch)
 
 
@@ -367,9 +374,12 @@ def load_file(
     decrypted into pinned host memory and copied to the device; the tensors are on the device
     when this returns. ``key``, ``passphrase``, ``verify_with``, ``expect_metadata`` and
     ``max_scrypt_log_n`` are those of :func:`enctensor.load`. Raises :class:`enctensor.WrongKeyError` if the key does not open
-    the file and :class:`enctensor.IntegrityError` if any byte was modified.
+    the file and :class:`enctensor.IntegrityError` if any byte was modified. ``path`` may be
+    the index of an encrypted sharded checkpoint (``*.enct.index.json``): the tensors of all
+    its shards are returned, after the set was checked to be whole, as :func:`enctensor.load`
+    does.
     """
-    reader = _api._open(
+    readers, _ = _api._open_readers(
         path,
         key,
         passphrase,
@@ -377,7 +387,10 @@ def load_file(
         expect_metadata=expect_metadata,
         max_scrypt_log_n=max_scrypt_log_n,
     )
-    return _read_all(reader, device)
+    out: dict[str, torch.Tensor] = {}
+    for reader in readers:
+        out.update(_read_all(reader, device))
+    return out
 
 
 def load(
@@ -425,17 +438,22 @@ def load_model(
     kept name fills). Tied weights saved once by :func:`save_model` come back shared, because
     the bytes go into the model's own (shared) storage.
 
+    ``path`` may be the index of an encrypted sharded checkpoint (``*.enct.index.json``): the
+    set is checked to be whole first (as :func:`enctensor.load` does), and ``missing`` and
+    ``unexpected`` (and ``strict``) are computed over the tensors of all its shards together,
+    as for one file holding them all.
+
     Everything is checked before any byte is written: with ``strict=True`` missing or
     unexpected names raise ``RuntimeError`` listing them, and a shape or dtype that differs
     from the model's always raises ``RuntimeError`` (no silent casting: convert the model or
-    the checkpoint first). The model is then filled in one parallel pass over the file. Module
-    ``_load_from_state_dict`` hooks are not called. If a chunk fails to verify,
+    the checkpoint first). The model is then filled in one parallel pass over each file.
+    Module ``_load_from_state_dict`` hooks are not called. If a chunk fails to verify,
     :class:`enctensor.IntegrityError` is raised and every tensor that was being loaded is left
-    zeroed, so no unverified plaintext stays in the model. ``key``, ``passphrase``,
-    ``verify_with``, ``expect_metadata`` and ``max_scrypt_log_n`` are those of
-    :func:`enctensor.load`.
+    zeroed (those of shards already read too), so no unverified plaintext stays in the model.
+    ``key``, ``passphrase``, ``verify_with``, ``expect_metadata`` and ``max_scrypt_log_n`` are
+    those of :func:`enctensor.load`.
     """
-    reader = _api._open(
+    readers, _ = _api._open_readers(
         path,
         key,
         passphrase,
@@ -443,32 +461,60 @@ def load_model(
         expect_metadata=expect_metadata,
         max_scrypt_log_n=max_scrypt_log_n,
     )
-    rows = reader.tensors()
-    in_file = {row[0]: i for i, row in enumerate(rows)}
+    return fill_model(model, readers, strict=strict)
+
+
+#: Where a tensor of the checkpoint is: (position of its file among the readers, index in it).
+Where = tuple[int, int]
+
+
+def fill_model(
+    model: torch.nn.Module,
+    readers: list[_core.Reader],
+    *,
+    strict: bool = True,
+    names: Mapping[str, str] | None = None,
+    cast: bool = False,
+) -> tuple[list[str], list[str]]:
+    """:func:`load_model` from opened (authenticated) readers: the files of one checkpoint,
+    whose tensor names are disjoint. ``names`` renames tensors of the checkpoint to names of
+    the model (a tensor not in it keeps its name); ``unexpected`` holds the renamed names.
+    With ``cast``, a tensor whose dtype differs from the model's is decrypted into a staging
+    tensor and copied (and converted) into it, instead of being an error."""
+    rows = [reader.tensors() for reader in readers]
+    sources: dict[str, Where] = {}
+    for f, file_rows in enumerate(rows):
+        for i, row in enumerate(file_rows):
+            name = names.get(row[0], row[0]) if names is not None else row[0]
+            if name in sources:
+                raise RuntimeError(
+                    f"the checkpoint holds two tensors for {name!r} of the model; cannot load both"
+                )
+            sources[name] = (f, i)
     state = model.state_dict()
     aliases = {
-        n for dropped in _remove_duplicate_names(state, preferred_names=in_file).values() for n in dropped
+        n for dropped in _remove_duplicate_names(state, preferred_names=sources).values() for n in dropped
     }
-    missing = [n for n in state if n not in in_file and n not in aliases]
-    unexpected = [n for n in in_file if n not in state or n in aliases]
+    missing = [n for n in state if n not in sources and n not in aliases]
+    unexpected = [n for n in sources if n not in state or n in aliases]
 
     errors: list[str] = []
     if strict and missing:
         errors.append(f"Missing key(s) in state_dict: {_quoted(missing)}.")
     if strict and unexpected:
         errors.append(f"Unexpected key(s) in state_dict: {_quoted(unexpected)}.")
-    targets: list[tuple[int, torch.Tensor]] = []
+    targets: list[tuple[str, Where, torch.Tensor]] = []
     for name, t in state.items():
-        i = in_file.get(name)
-        if i is None or name in aliases:
+        where = sources.get(name)
+        if where is None or name in aliases:
             continue
-        _, dtype, shape, _, _ = rows[i]
+        _, dtype, shape, _, _ = rows[where[0]][where[1]]
         if torch.Size(shape) != t.shape:
             errors.append(
                 f"size mismatch for {name}: copying a param with shape {torch.Size(shape)} from "
                 f"checkpoint, the shape in current model is {t.shape}."
             )
-        elif TORCH_DTYPES.get(dtype) != t.dtype:
+        elif TORCH_DTYPES.get(dtype) != t.dtype and not (cast and dtype in TORCH_DTYPES):
             errors.append(
                 f"dtype mismatch for {name}: the checkpoint holds {dtype} "
                 f"({TORCH_DTYPES.get(dtype, 'no torch dtype')}), the tensor in current model is "
@@ -479,34 +525,59 @@ def load_model(
                 f"{name} is on the meta device: materialize the model first (e.g. model.to_empty(device='cpu'))."
             )
         else:
-            targets.append((i, t))
+            targets.append((name, where, t))
     if errors:
         raise RuntimeError(
             f"Error(s) in loading state_dict for {type(model).__name__}:\n\t" + "\n\t".join(errors)
         )
-
-    # Parameters on the CPU and contiguous are filled in place; others (another device, odd
-    # strides) go through a staging tensor and copy_().
-    direct = [(i, t) for i, t in targets if t.device.type == "cpu" and t.is_contiguous()]
-    staged = [(i, t) for i, t in targets if not (t.device.type == "cpu" and t.is_contiguous())]
-    jobs: list[Job] = [(i, _bytes_of(t)) for i, t in direct]
-    _check_disjoint(jobs, rows)
-    copies: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for i, t in staged:
-        buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
-        jobs.append((i, _bytes_of(buf)))
-        copies.append((t, buf))
-    reader.read_many_into(jobs)
-    if copies:
+    _check_disjoint([(n, _bytes_of(t)) for n, (f, i), t in targets if _in_place(t, rows[f][i])])
+    try:
+        for f, reader in enumerate(readers):
+            _fill_from(reader, rows[f], [(i, t) for _, (g, i), t in targets if g == f])
+    except BaseException:
+        # No plaintext of a failed load stays in the model: not of this file's tensors (the
+        # core zeroed those it was writing), nor of the files read before it.
         with torch.no_grad():
-            for t, buf in copies:
-                t.copy_(buf)
+            for _, _, t in targets:
+                t.zero_()
+        raise
     return missing, unexpected
 
 
-def _check_disjoint(jobs: list[Job], rows: list[tuple[str, str, list[int], bool, int]]) -> None:
+def _in_place(t: torch.Tensor, row: tuple[str, str, list[int], bool, int]) -> bool:
+    """Whether ``t`` can be decrypted into directly: on the CPU, contiguous, of the file's dtype."""
+    return t.device.type == "cpu" and t.is_contiguous() and TORCH_DTYPES.get(row[1]) == t.dtype
+
+
+def _fill_from(
+    reader: _core.Reader,
+    rows: list[tuple[str, str, list[int], bool, int]],
+    targets: list[tuple[int, torch.Tensor]],
+) -> None:
+    """Decrypts tensors ``i`` of ``reader`` into ``t`` for each ``(i, t)`` of ``targets``.
+    Tensors on the CPU, contiguous and of the file's dtype are filled in place, all in one
+    parallel pass; the others (another device, odd strides, another dtype) go through
+    staging tensors and ``copy_()``, at most ``_PINNED_BATCH`` bytes of them at a time."""
+    jobs: list[Job] = [(i, _bytes_of(t)) for i, t in targets if _in_place(t, rows[i])]
+    reader.read_many_into(jobs)
+    staged = [(i, t) for i, t in targets if not _in_place(t, rows[i])]
+    for batch in _batches([rows[i][4] for i, _ in staged], _PINNED_BATCH):
+        copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+        jobs = []
+        for i, t in (staged[k] for k in batch):
+            _, dtype, shape, _, _ = rows[i]
+            buf = torch.empty(shape, dtype=TORCH_DTYPES[dtype], pin_memory=t.device.type == "cuda")
+            jobs.append((i, _bytes_of(buf)))
+            copies.append((t, buf))
+        reader.read_many_into(jobs)
+        with torch.no_grad():
+            for t, buf in copies:
+                t.copy_(buf)
+
+
+def _check_disjoint(destinations: list[tuple[str, np.ndarray]]) -> None:
     """Refuses destinations that overlap: the core writes them in parallel."""
-    spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes, rows[i][0]) for i, a in jobs if a.nbytes)
+    spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes, name) for name, a in destinations if a.nbytes)
     for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:
             raise RuntimeError(
