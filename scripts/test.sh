@@ -24,6 +24,9 @@ python -m ruff format --check .
 echo "== rust: bounded fuzzing (cargo-fuzz, 30 s per target) =="
 bash scripts/fuzz.sh 30
 
+echo "== C ABI: libraries, header, C tests over every vector and the hostile corpus, valgrind =="
+PYTHON=python bash scripts/c_tests.sh
+
 echo "== python: pytest =="
 set +e
 # -n auto: pytest-xdist on every core (5.5 min instead of about 10 here); "$@" can override it.

@@ -19,6 +19,9 @@ pub mod writer;
 #[cfg(feature = "python")]
 mod py;
 
+#[cfg(feature = "capi")]
+pub mod capi;
+
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use header::{Header, Stanza, TensorInfo};
