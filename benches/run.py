@@ -1,179 +1,151 @@
-"""enctensor measured against its peers, every target of issue 7 in one run.
+"""enctensor against its plaintext and encrypted peers: every target of issue 12 in one run.
 
-    python benches/run.py                      # full run: 1 GiB + 2,000 x 64 KiB, 5 runs each
-    python benches/run.py --quick              # smoke test: small sizes, 2 runs, under a minute
-    python benches/run.py --gib 1 --runs 5 --out benches/README.md --chart benches/chart.png
+    python benches/run.py --gib 1 --out benches/README.md --chart benches/chart.png
+    python benches/run.py --quick        # smoke test: 64 MiB and 200 x 64 KiB, 3 rounds, ~15 s
+    python benches/run.py --skip cold,save,rss,slice,small,machine,load   # leave parts out
 
-A script, not a test. It writes the same tensors in every format (safetensors, enctensor,
-cryptotensors, tensorizer, TVM params) to a temporary directory, then measures, with the
-median of ``--runs`` runs interleaved across loaders in this one process:
+How it measures (``benches/_measure.py``): each comparison is a group of cases timed once per
+round in this one process, the order reversed every other round, ``--rounds`` rounds (11);
+reported are median seconds, GB/s and the median of the per-round ratios to the group's
+plaintext peer. Sizes: ``--gib``/2 and ``--gib`` GiB (16 float32 tensors each) and 2,000 x
+64 KiB, page cache warm (the file is read right before each run: this VM evicts idle page
+cache) and cold (``fsync`` + ``posix_fadvise(DONTNEED)`` before each run). Groups:
 
-- loading, page cache warm and cold (``fsync`` + ``posix_fadvise(DONTNEED)`` before each
-  cold run), numpy, torch (``load_model``, ``load_file``) and TVM, against the plaintext
-  loaders and the two encrypted peers;
-- saving (``enctensor.save`` fsyncs, ``safetensors`` does not: both with and without);
-- AES-256-GCM decrypt+verify of the core against OpenSSL (``cryptography``) on the same bytes,
-  in subprocesses with ``RAYON_NUM_THREADS=1`` and ``2``;
-- peak RSS growth while loading (fresh subprocesses);
-- ``get_slice`` of 1 % of a tensor against loading the whole tensor;
-- the prototype floor (``../shared/bench/floor.py`` beside the repository, subprocess).
+- ``load_model``: ``enctensor.torch.load_model`` (one pass out of the map, and two passes,
+  ``_core._set_read_mode("copy")``) vs ``safetensors.torch.load_model``, into one existing model;
+- ``numpy``: ``enctensor.load`` (one and two passes) vs ``safetensors.numpy.load_file`` and
+  ``cryptotensors``;
+- ``tvm``: ``enctensor.tvm.load`` vs ``tvm.runtime.load_param_dict_from_file``;
+- ``load_file``: ``enctensor.torch.load_file`` vs ``safetensors.torch.load_file`` followed by a
+  clone into private memory (what enctensor returns), and encrypted ``tensorizer``;
+- ``save``: ``enctensor.save`` (fsync, atomic rename) vs ``safetensors.numpy.save_file`` without
+  and with fsync, and where the time goes (new file or replaced, fsync, rename, page cache).
 
-It prints a markdown report and writes it into ``--out`` below the README's intro (the part
-above the ``<!-- results -->`` marker is kept), and a bar chart (GB/s, warm) to ``--chart``.
+Every group holds its ceiling on this machine: the same bytes moved without crypto, into the
+same kind of destination (a copy from a map of the plaintext file into the model, or into fresh
+arrays, on 1 and 2 threads; a plain write of the tensor bytes). Then peak RSS growth during a
+load in fresh processes (anonymous memory apart from file pages), ``get_slice`` of 1 % of a
+tensor against loading it whole, and the targets table, which prints the ceiling beside each
+target. The report goes to stdout, below the ``<!-- results -->`` marker of ``--out``, and a
+chart of warm GB/s to ``--chart``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import gc
-import json
+import fcntl
+import functools
 import os
 import platform
-import re
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from importlib import metadata as md
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-KEY = bytes(range(32))
-# Ed25519 seed of the publisher that signs the "signed" file (issue 11: signed vs unsigned load).
-SIGN_SEED = bytes(range(192, 224))
-# The prototype floor lives in the shared folder beside the repository (not shipped with it).
-FLOOR = Path(__file__).resolve().parents[2] / "shared" / "bench" / "floor.py"
+from _measure import (
+    KEY,
+    copy_from_file,
+    cpu_model,
+    drop,
+    freeze_imports,
+    fsync_path,
+    gbps,
+    loadavg,
+    make_tensors,
+    median,
+    parallel,
+    ratio,
+    rounds,
+    safetensors_header,
+    safetensors_regions,
+    status_kib,
+    touch_pieces,
+    warm,
+    with_pages,
+)
+
 MARKER = "<!-- results -->"
+THREADS = len(os.sched_getaffinity(0))
+MIB = 1 << 20
+
+# Issue 12's goals: speed of enctensor / speed of the plaintext peer, warm unless said.
+GOALS = {"load_model": 0.85, "numpy": 2.0, "tvm": 1.5, "load_file": 1.5, "cold": 1.0}
+SAVE_GOALS = {"safetensors.numpy.save_file": 0.9, "safetensors.numpy.save_file + fsync": 1.0}
+RSS_GOAL = 1.15
+SLICE_GOAL = 0.02
+#: "Nothing regresses": ratios of the previous report (2026-11-30, medians of 5 interleaved
+#: runs, fixed order), which enctensor's wins must keep.
+BEFORE = {
+    ("load_model", "small"): 1.36,
+    ("cryptotensors", "large"): 0.60,
+    ("cryptotensors", "small"): 1.55,
+    ("tensorizer", "large"): 1.54,
+    ("tensorizer", "small"): 11.70,
+}
 
 
 # --------------------------------------------------------------------------------------------
-# helpers
+# files and peers
 
 
-def now() -> float:
-    return time.perf_counter()
-
-
-def timed(fn: Callable[[], object]) -> float:
-    gc.collect()
-    t0 = now()
-    out = fn()
-    dt = now() - t0
-    del out
-    gc.collect()
-    return dt
-
-
-def warm(path: Path) -> None:
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
-
-
-def drop(path: Path) -> None:
-    """Evicts the file's pages from the page cache (written back first)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def version(dist: str) -> str:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return "not installed"
-
-
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def gbps(nbytes: int, s: float) -> float:
-    return nbytes / s / 1e9
-
-
-def verdict(ratio: float, target: float, higher_is_better: bool = True) -> str:
-    ok = ratio >= target if higher_is_better else ratio <= target
-    return "**met**" if ok else "**not met**"
-
-
-# --------------------------------------------------------------------------------------------
-# data and files
-
-
-def make_tensors(n: int, nbytes_each: int, seed: int = 0):
-    """``n`` float32 tensors of ``nbytes_each`` bytes, square where that is exact."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    elems = nbytes_each // 4
-    side = int(elems**0.5)
-    shape = (side, side) if side * side == elems else (elems // 128, 128)
-    return {f"w{i:05d}": rng.random(shape, dtype=np.float32) for i in range(n)}
-
-
-def bag_module(tensors):
-    """A torch module whose state_dict names are exactly the tensors' names."""
-    import torch
-
-    m = torch.nn.Module()
-    for k, v in tensors.items():
-        m.register_parameter(k, torch.nn.Parameter(torch.from_numpy(v.copy()), requires_grad=False))
-    return m
-
-
-def jwk_keys():
+def jwk_keys() -> tuple[dict[str, str], dict[str, str]]:
     from cryptography.hazmat.primitives import serialization as s
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     sk = Ed25519PrivateKey.from_private_bytes(bytes(range(100, 132)))
     d = sk.private_bytes(s.Encoding.Raw, s.PrivateFormat.Raw, s.NoEncryption())
     x = sk.public_key().public_bytes(s.Encoding.Raw, s.PublicFormat.Raw)
-    b64 = lambda b: base64.b64encode(b).decode()
+
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode()
+
     enc = {"kty": "oct", "alg": "aes256gcm", "kid": "bench-enc", "k": b64(KEY)}
     sig = {"kty": "okp", "alg": "ed25519", "kid": "bench-sign", "d": b64(d), "x": b64(x)}
     return enc, sig
 
 
 class Peers:
-    """Imports of the optional peers; records why one cannot run."""
+    """The optional encrypted peers; records why one cannot run."""
 
     def __init__(self) -> None:
         self.why: dict[str, str] = {}
+        self.ct = self.tz = None
         try:
             import cryptotensors
             import cryptotensors.numpy
 
             enc, sig = jwk_keys()
-            cryptotensors.register_direct_key_provider(keys=[enc, sig])
+            cryptotensors.register_direct_key_provider(keys=[enc, sig])  # type: ignore[attr-defined]
             self.ct = cryptotensors
             self.ct_config = {"enc_key": enc, "sign_key": sig}
         except Exception as e:  # noqa: BLE001
-            self.ct = None
             self.why["cryptotensors"] = f"{type(e).__name__}: {e}"
         try:
             from tensorizer import TensorDeserializer, TensorSerializer
             from tensorizer.serialization import DecryptionParams, EncryptionParams
 
-            self.tz = (TensorSerializer, TensorDeserializer, EncryptionParams, DecryptionParams)
             EncryptionParams(KEY)  # needs libsodium
+            self.tz = (TensorSerializer, TensorDeserializer, EncryptionParams, DecryptionParams)
         except Exception as e:  # noqa: BLE001
-            self.tz = None
             self.why["tensorizer"] = f"{type(e).__name__}: {e}"
 
 
-def write_files(tensors, d: Path, peers: Peers) -> dict[str, Path]:
+def write_files(tensors: dict[str, np.ndarray], d: Path, peers: Peers) -> dict[str, Path]:
     import safetensors.numpy
     import torch
     import tvm.runtime
@@ -183,14 +155,12 @@ def write_files(tensors, d: Path, peers: Peers) -> dict[str, Path]:
     p = {
         "st": d / "m.safetensors",
         "enc": d / "m.enct",
-        "enc_signed": d / "m.signed.enct",
         "ct": d / "m.crypto.safetensors",
         "tz": d / "m.tensors",
         "tvm": d / "m.params",
     }
     safetensors.numpy.save_file(tensors, str(p["st"]))
     enctensor.save(tensors, p["enc"], key=KEY)
-    enctensor.save(tensors, p["enc_signed"], key=KEY, sign_with=publisher())
     if peers.ct is not None:
         try:
             peers.ct.numpy.save_file(tensors, str(p["ct"]), config=peers.ct_config)
@@ -209,141 +179,324 @@ def write_files(tensors, d: Path, peers: Peers) -> dict[str, Path]:
     del params
     for f in p.values():
         if f.exists():
-            fd = os.open(f, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+            fsync_path(f)
     return {k: v for k, v in p.items() if v.exists()}
 
 
+def bag_module(shapes: dict[str, tuple[int, ...]]) -> torch.nn.Module:
+    """A torch module whose state_dict names are the tensors' names; its parameters are
+    allocated by torch and every page of them touched (an existing model)."""
+    import torch
+
+    m = torch.nn.Module()
+    for k, shape in shapes.items():
+        m.register_parameter(k, torch.nn.Parameter(torch.zeros(shape), requires_grad=False))
+    return m
+
+
+def one_pass_possible(path: Path) -> str:
+    """Whether this process may take the read lease one-pass reads need on ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return "yes (read lease granted)"
+    except OSError as e:
+        return f"no: read lease refused ({e.strerror}); both read modes measure the two-pass path"
+    finally:
+        os.close(fd)
+
+
 # --------------------------------------------------------------------------------------------
-# loaders
+# load groups
 
 
-def publisher():
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+@dataclass
+class Case:
+    fn: Callable[[], object]
+    file: Path  # warmed or dropped before each run
+    kind: str  # "enctensor", "peer" or "ceiling" (chart colours)
 
-    return Ed25519PrivateKey.from_private_bytes(SIGN_SEED)
+
+@dataclass
+class Group:
+    key: str
+    title: str
+    ours: str
+    peer: str
+    ceiling: str
+    cases: dict[str, Case] = field(default_factory=dict)
 
 
-def loaders(files: dict[str, Path], tensors, peers: Peers, target_model):
-    """name -> (callable, file it reads, label of the group it is compared in)."""
-    import numpy as np
+def read_mode(mode: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the core's read path set: "onepass" (out of the map) or "copy" (two passes)."""
+    from enctensor import _core
+
+    def run() -> object:
+        _core._set_read_mode(mode)
+        return fn()
+
+    return run
+
+
+def load_groups(files: dict[str, Path], model: torch.nn.Module, peers: Peers) -> list[Group]:
     import safetensors.numpy
     import safetensors.torch
+    import torch
     import tvm.runtime
 
     import enctensor
     import enctensor.torch as et
     import enctensor.tvm as ev
+    from enctensor import _alloc
 
-    verify_key = publisher().public_key()
-    L: dict[str, tuple[Callable[[], object], Path]] = {
-        "safetensors.numpy.load_file": (lambda: safetensors.numpy.load_file(str(files["st"])), files["st"]),
-        "enctensor.load": (lambda: enctensor.load(files["enc"], key=KEY), files["enc"]),
-        # The same tensors, signed; every chunk's BLAKE3 digest checked against the signature.
-        "enctensor.load (signed, verify_with)": (
-            lambda: enctensor.load(files["enc_signed"], key=KEY, verify_with=verify_key),
-            files["enc_signed"],
-        ),
-        "safetensors.torch.load_model": (
-            lambda: safetensors.torch.load_model(target_model, str(files["st"])),
-            files["st"],
-        ),
-        "enctensor.torch.load_model": (
-            lambda: et.load_model(target_model, files["enc"], key=KEY),
-            files["enc"],
-        ),
-        "enctensor.torch.load_model (signed, verify_with)": (
-            lambda: et.load_model(target_model, files["enc_signed"], key=KEY, verify_with=verify_key),
-            files["enc_signed"],
-        ),
-        "enctensor.torch.load_file": (lambda: et.load_file(files["enc"], key=KEY), files["enc"]),
-        "tvm.runtime.load_param_dict_from_file": (
-            lambda: tvm.runtime.load_param_dict_from_file(str(files["tvm"])),
-            files["tvm"],
-        ),
-        "enctensor.tvm.load": (lambda: ev.load(files["enc"], key=KEY), files["enc"]),
+    st, enc, tvmf = files["st"], files["enc"], files["tvm"]
+    regions = safetensors_regions(st)
+    sizes = [n for _, _, n in regions]
+    params = dict(model.named_parameters())
+    model_bytes = [params[name].detach().numpy().view(np.uint8).reshape(-1) for name, _, _ in regions]
+
+    def copy_into(dsts: Callable[[], list[np.ndarray]], threads: int) -> Callable[[], object]:
+        def run() -> object:
+            out = dsts()
+            copy_from_file(st, regions, out, threads)
+            return out
+
+        return run
+
+    def ours(fn: Callable[[], object]) -> Case:
+        return Case(read_mode("onepass", fn), enc, "enctensor")
+
+    def two_pass(fn: Callable[[], object]) -> Case:
+        return Case(read_mode("copy", fn), enc, "enctensor")
+
+    def peer(fn: Callable[[], object], f: Path = st) -> Case:
+        return Case(fn, f, "peer")
+
+    def ceiling(fn: Callable[[], object]) -> Case:
+        return Case(fn, st, "ceiling")
+
+    lm = Group(
+        "load_model",
+        "into an existing model",
+        "enctensor.torch.load_model",
+        "safetensors.torch.load_model",
+        f"copy map → model, {THREADS} threads, no crypto",
+    )
+    lm.cases = {
+        lm.ours: ours(lambda: et.load_model(model, enc, key=KEY)),
+        "enctensor.torch.load_model, two passes": two_pass(lambda: et.load_model(model, enc, key=KEY)),
+        lm.peer: peer(lambda: safetensors.torch.load_model(model, str(st))),
+        lm.ceiling: ceiling(copy_into(lambda: model_bytes, THREADS)),
+        "copy map → model, 1 thread, no crypto": ceiling(copy_into(lambda: model_bytes, 1)),
+    }
+    npg = Group(
+        "numpy",
+        "fresh numpy arrays",
+        "enctensor.load",
+        "safetensors.numpy.load_file",
+        f"copy map → fresh arrays ({_alloc.pages()} pages), {THREADS} threads, no crypto",
+    )
+    npg.cases = {
+        npg.ours: ours(lambda: enctensor.load(enc, key=KEY)),
+        "enctensor.load, two passes": two_pass(lambda: enctensor.load(enc, key=KEY)),
+        npg.peer: peer(lambda: safetensors.numpy.load_file(str(st))),
     }
     if "ct" in files and peers.ct is not None and "cryptotensors" not in peers.why:
-        L["cryptotensors.numpy.load_file"] = (lambda: peers.ct.numpy.load_file(str(files["ct"])), files["ct"])
+        ct = peers.ct
+        npg.cases["cryptotensors.numpy.load_file"] = peer(
+            lambda: ct.numpy.load_file(str(files["ct"])), files["ct"]
+        )
+    npg.cases[npg.ceiling] = ceiling(copy_into(lambda: _alloc.destinations(sizes), THREADS))
+
+    tg = Group(
+        "tvm",
+        "fresh TVM tensors",
+        "enctensor.tvm.load",
+        "tvm.runtime.load_param_dict_from_file",
+        f"copy map → fresh tvm.runtime.empty, {THREADS} threads, no crypto",
+    )
+    tg.cases = {
+        tg.ours: ours(lambda: ev.load(enc, key=KEY)),
+        tg.peer: peer(lambda: tvm.runtime.load_param_dict_from_file(str(tvmf)), tvmf),
+        tg.ceiling: ceiling(
+            copy_into(lambda: [np.from_dlpack(tvm.runtime.empty((n,), "uint8")) for n in sizes], THREADS)
+        ),
+    }
+
+    lf = Group(
+        "load_file",
+        "fresh torch tensors",
+        "enctensor.torch.load_file",
+        "safetensors.torch.load_file + clone",
+        f"copy map → fresh torch.empty, {THREADS} threads, no crypto",
+    )
+    lf.cases = {
+        lf.ours: ours(lambda: et.load_file(enc, key=KEY)),
+        lf.peer: peer(lambda: {k: v.clone() for k, v in safetensors.torch.load_file(str(st)).items()}),
+    }
     if "tz" in files and peers.tz is not None and "tensorizer" not in peers.why:
         _, deser, _, decp = peers.tz
 
-        def tz_load():
+        def tz_load() -> object:
             d = deser(str(files["tz"]), device="cpu", encryption=decp.from_key(KEY), lazy_load=False)
             out = dict(d)
             d.close()
             return out
 
-        L["tensorizer (encrypted)"] = (tz_load, files["tz"])
+        lf.cases["tensorizer (encrypted)"] = peer(tz_load, files["tz"])
+    lf.cases[lf.ceiling] = ceiling(
+        copy_into(lambda: [torch.empty(n, dtype=torch.uint8).numpy() for n in sizes], THREADS)
+    )
+    return [lm, npg, tg, lf]
 
-    # correctness spot-check before timing anything
+
+def check_results(groups: list[Group], tensors: dict[str, np.ndarray], peers: Peers) -> None:
+    """Every loader returns the saved bytes before anything is timed; a failing peer is dropped."""
     first = next(iter(tensors))
-    assert np.array_equal(enctensor.load(files["enc"], key=KEY)[first], tensors[first])
-    for name in ("cryptotensors.numpy.load_file", "tensorizer (encrypted)"):
-        if name in L:
+    for g in groups:
+        for name, case in list(g.cases.items()):
+            if case.kind == "ceiling" or g.key == "load_model":
+                continue
             try:
-                out = L[name][0]()
-                v = out[first]
-                v = v.detach().numpy() if hasattr(v, "detach") else v
-                assert np.array_equal(v, tensors[first]), f"{name} returned different bytes"
-            except Exception as e:  # noqa: BLE001
+                v = case.fn()[first]  # type: ignore[index]
+                v = v.detach() if hasattr(v, "detach") else v  # torch
+                v = v.numpy() if hasattr(v, "numpy") else v  # torch, TVM
+                if not np.array_equal(np.asarray(v), tensors[first]):
+                    raise AssertionError(f"{name} returned different bytes")
+            except Exception as e:
+                if case.kind != "peer":
+                    raise
                 peers.why[name.split(".")[0].split(" ")[0]] = f"load failed: {type(e).__name__}: {e}"
-                del L[name]
-    return L
+                del g.cases[name]
 
 
-def measure_loads(L, runs: int, cold: bool) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in L}
-    if not cold:
-        for fn, path in L.values():  # warm the cache and every allocator once
-            warm(path)
-            timed(fn)
-    for _ in range(runs):
-        for k, (fn, path) in L.items():
-            # This VM's DAMON reclaim (kdamond) evicts page cache idle for a few seconds: a
-            # file read during the previous round was 3-18 % resident minutes later. Read it
-            # again right before a warm run, so that "warm" means warm.
-            if cold:
-                drop(path)
-            else:
-                warm(path)
-            times[k].append(timed(fn))
-    return times
+def measure_groups(groups: list[Group], n: int, cold: bool) -> dict[str, dict[str, list[float]]]:
+    """Each group in its own rounds; before each run its file is dropped (cold) or read (warm)."""
+    out = {}
+    for g in groups:
+        files = {name: c.file for name, c in g.cases.items()}
+
+        def prepare(name: str, files: dict[str, Path] = files) -> None:
+            (drop if cold else warm)(files[name])
+
+        out[g.key] = rounds({name: c.fn for name, c in g.cases.items()}, n, prepare, warmup=not cold)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # saving
 
 
-def measure_saves(tensors, d: Path, runs: int) -> dict[str, list[float]]:
+@dataclass
+class Saves:
+    cases: dict[str, Callable[[], object]]
+    #: Seconds of each phase of the cases that time their phases, per call.
+    phases: dict[str, dict[str, list[float]]]
+    #: Cases writing a new file: their target is removed (untimed) before each run.
+    fresh: dict[str, Path]
+
+
+SAVE_PEER = "safetensors.numpy.save_file"
+SAVE_PEER_FSYNC = "safetensors.numpy.save_file + fsync"
+#: The same work as enctensor.save without crypto: a plain write of the tensor bytes to a
+#: temporary file, fsync, rename over the target, fsync of the directory.
+SAVE_CEILING = "write the plaintext + fsync + rename, no crypto"
+#: What safetensors.numpy.save_file does (a temporary file renamed over the target, no
+#: fsync), without serialisation.
+SAVE_CEILING_NO_FSYNC = "write the plaintext + rename, no crypto"
+PHASES = ("write", "fsync", "rename", "directory fsync")
+
+
+def save_cases(tensors: dict[str, np.ndarray], d: Path, detail: bool) -> Saves:
+    """Every case replaces a file of the same size (as a training loop saving a checkpoint
+    does) unless its name says "new file". safetensors 0.8's save_file writes a temporary file
+    and renames it over the target, without fsync; on ext4 that rename starts writeback of the
+    new file (auto_da_alloc), and it frees the replaced file's blocks and cached pages."""
     import safetensors.numpy
 
     import enctensor
 
-    sp, ep, sp2 = d / "save.safetensors", d / "save.enct", d / "save2.safetensors"
+    phases: dict[str, dict[str, list[float]]] = {}
 
-    def st_fsync():
-        safetensors.numpy.save_file(tensors, str(sp2))
-        fd = os.open(sp2, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+    def timer(case: str) -> Callable[[str], None]:
+        t = [time.perf_counter()]
 
-    fns = {
-        "safetensors.numpy.save_file": lambda: safetensors.numpy.save_file(tensors, str(sp)),
-        "safetensors.numpy.save_file + fsync": st_fsync,
-        "enctensor.save (fsync, atomic rename)": lambda: enctensor.save(tensors, ep, key=KEY),
-        "safetensors.numpy.save (bytes)": lambda: safetensors.numpy.save(tensors),
-        "enctensor.save_bytes": lambda: enctensor.save_bytes(tensors, key=KEY),
+        def lap(what: str) -> None:
+            now = time.perf_counter()
+            phases.setdefault(case, {}).setdefault(what, []).append(now - t[0])
+            t[0] = now
+
+        return lap
+
+    def plain_write(path: Path) -> None:
+        with open(path, "wb") as f:
+            f.writelines(v.data.cast("B") for v in tensors.values())
+
+    def plain(case: str, target: Path, durable: bool) -> Callable[[], None]:
+        def run() -> None:
+            lap = timer(case)
+            tmp = target.with_name(f".{target.name}.tmp")
+            plain_write(tmp)
+            lap("write")
+            if durable:
+                fsync_path(tmp)
+                lap("fsync")
+            os.rename(tmp, target)
+            lap("rename")
+            if durable:
+                fsync_path(target.parent)
+                lap("directory fsync")
+
+        return run
+
+    def st_fsync(case: str, target: Path) -> Callable[[], None]:
+        def run() -> None:
+            lap = timer(case)
+            safetensors.numpy.save_file(tensors, str(target))
+            lap("write")  # write + rename, in safetensors
+            fsync_path(target)
+            lap("fsync")
+
+        return run
+
+    cases: dict[str, Callable[[], object]] = {
+        "enctensor.save": lambda: enctensor.save(tensors, d / "e.enct", key=KEY),
+        SAVE_PEER: lambda: safetensors.numpy.save_file(tensors, str(d / "s.safetensors")),
+        SAVE_PEER_FSYNC: st_fsync(SAVE_PEER_FSYNC, d / "sf.safetensors"),
+        SAVE_CEILING: plain(SAVE_CEILING, d / "pd.bin", durable=True),
+        SAVE_CEILING_NO_FSYNC: plain(SAVE_CEILING_NO_FSYNC, d / "p.bin", durable=False),
     }
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        timed(fn)
-    for _ in range(runs):
-        for k, fn in fns.items():
-            times[k].append(timed(fn))
-    for p in (sp, ep, sp2):
-        p.unlink(missing_ok=True)
+    fresh: dict[str, Path] = {}
+    if detail:
+        new = {
+            "enctensor.save, new file": (d / "en.enct", lambda p: enctensor.save(tensors, p, key=KEY)),
+            "safetensors.numpy.save_file, new file": (
+                d / "sn.safetensors",
+                lambda p: safetensors.numpy.save_file(tensors, str(p)),
+            ),
+            "write the plaintext + fsync + rename, no crypto, new file": (d / "pn.bin", None),
+        }
+        for name, (target, fn) in new.items():
+            fresh[name] = target
+            cases[name] = plain(name, target, durable=True) if fn is None else functools.partial(fn, target)
+        cases["enctensor.save_bytes (no file)"] = lambda: enctensor.save_bytes(tensors, key=KEY)
+        cases["safetensors.numpy.save (bytes, no file)"] = lambda: safetensors.numpy.save(tensors)
+    return Saves(cases, phases, fresh)
+
+
+def measure_saves(saves: Saves, n: int) -> dict[str, list[float]]:
+    def prepare(name: str) -> None:
+        if name in saves.fresh:
+            saves.fresh[name].unlink(missing_ok=True)
+        # Each save starts with no dirty pages of the previous one: otherwise a save without
+        # fsync leaves its gigabyte to the disk while the next case runs.
+        os.sync()
+
+    times = rounds(saves.cases, n, prepare)
+    for per in saves.phases.values():  # drop the warm-up call's phases
+        for k in per:
+            per[k] = per[k][-n:]
     return times
 
 
@@ -351,7 +504,9 @@ def measure_saves(tensors, d: Path, runs: int) -> dict[str, list[float]]:
 # get_slice
 
 
-def measure_slice(files: dict[str, Path], tensors, runs: int) -> dict[str, list[float]]:
+def measure_slice(
+    files: dict[str, Path], tensors: dict[str, np.ndarray], n: int
+) -> tuple[str, dict[str, float]]:
     import safetensors
 
     import enctensor
@@ -359,249 +514,192 @@ def measure_slice(files: dict[str, Path], tensors, runs: int) -> dict[str, list[
     name = max(tensors, key=lambda k: tensors[k].nbytes)
     rows = tensors[name].shape[0]
     k = max(1, rows // 100)
-
-    # one open handle each: the file is mapped and the key unwrapped once, outside the timing
+    # One open handle each: the file is mapped and the key unwrapped once, outside the timing.
     ef = enctensor.safe_open(files["enc"], key=KEY)
     sf = safetensors.safe_open(str(files["st"]), framework="np")
 
-    def enc_full():
-        return ef.get_tensor(name)
-
-    def enc_slice():
-        return ef.get_slice(name)[:k]
-
-    def st_full():
-        return sf.get_tensor(name)
-
-    def st_slice():
-        return sf.get_slice(name)[:k]
-
-    def enc_open_slice():
+    def enc_open_slice() -> object:
         with enctensor.safe_open(files["enc"], key=KEY) as f:
             return f.get_slice(name)[:k]
 
-    import numpy as np
-
-    assert np.array_equal(enc_slice(), tensors[name][:k])
-    fns = {
-        "enctensor full": enc_full,
-        "enctensor slice": enc_slice,
-        "safetensors full": st_full,
-        "safetensors slice": st_slice,
-        "enctensor open + slice": enc_open_slice,
+    fns: dict[str, tuple[Callable[[], object], int]] = {
+        "enctensor full": (lambda: ef.get_tensor(name), 3),
+        "enctensor slice": (lambda: ef.get_slice(name)[:k], 50),
+        "safetensors full": (lambda: sf.get_tensor(name), 3),  # type: ignore[no-untyped-call]
+        "safetensors slice": (lambda: sf.get_slice(name)[:k], 50),  # type: ignore[no-untyped-call]
+        "enctensor open + slice": (enc_open_slice, 50),
     }
+    assert np.array_equal(fns["enctensor slice"][0](), tensors[name][:k])  # type: ignore[arg-type]
 
     # A slice takes well under a millisecond: each run times a batch of calls (the gc.collect
-    # before a single call would evict the caches and measure that instead), the full loads
-    # as many calls as fit in about the same time.
-    def per_call(fn: Callable[[], object], n: int) -> float:
-        gc.collect()
-        t0 = now()
-        for _ in range(n):
-            fn()
-        return (now() - t0) / n
+    # before a single call would evict the caches and measure that instead).
+    def batch(fn: Callable[[], object], m: int) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(m):
+                fn()
 
-    batch = {"enctensor full": 3, "safetensors full": 3}
-    times: dict[str, list[float]] = {x: [] for x in fns}
-    for fn in fns.values():
-        timed(fn)
-    for _ in range(max(runs, 5)):
-        for x, fn in fns.items():
-            times[x].append(per_call(fn, batch.get(x, 50)))
+        return run
+
+    times = rounds({x: batch(fn, m) for x, (fn, m) in fns.items()}, n, lambda _: warm(files["enc"]))
     ef.close()
-    times["_desc"] = [f"{name} {tuple(tensors[name].shape)}, rows [:{k}] = {k / rows:.2%}"]  # type: ignore[list-item]
-    return times
+    per_call = {x: median(times[x]) / fns[x][1] for x in fns}
+    return f"{name} {tuple(tensors[name].shape)}, rows [:{k}] = {k / rows:.2%}", per_call
 
 
 # --------------------------------------------------------------------------------------------
-# subprocess children: AES throughput, RSS
+# peak RSS, in fresh processes sampled from outside (a sampler thread inside would wait for
+# the GIL while a Python loader holds it)
 
 
-def child_aes(path: str, runs: int) -> None:
-    """Core vs OpenSSL on the same plaintext bytes, into reused, prefaulted destinations.
-
-    Threads: the core uses RAYON_NUM_THREADS (set by the parent); OpenSSL runs one
-    `update_into` over the whole buffer on one thread, and, when RAYON_NUM_THREADS > 1, also
-    1 MiB chunks on that many threads (what floor.py does).
-    """
-    import numpy as np
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-    from enctensor import _api
-    from enctensor._alloc import aligned_empty
-
-    threads = int(os.environ.get("RAYON_NUM_THREADS", "1"))
-    reader = _api._open(path, KEY, None)
-    rows = reader.tensors()
-    bufs = [aligned_empty(n) for *_, n in rows]
-    for b in bufs:
-        b[:] = 1  # prefault
-    jobs = list(enumerate(bufs))
-    reader.read_many_into(jobs)
-    total = sum(b.nbytes for b in bufs)
-
-    # the same plaintext, one GCM message, and in 1 MiB chunks with separate tags
-    plain = np.concatenate(bufs)
-    key, nonce = os.urandom(32), os.urandom(12)
-    enc = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
-    ct = bytearray(total + 16)
-    n = enc.update_into(plain, ct)
-    enc.finalize()
-    ct_view = memoryview(ct)[:n]
-    tag = enc.tag
-    CH = 1 << 20
-    chunk_tags = []
-    ct_chunks = bytearray(total + 16)
-    for i, s in enumerate(range(0, total, CH)):
-        e = Cipher(algorithms.AES(key), modes.GCM(i.to_bytes(12, "big"))).encryptor()
-        e.update_into(plain[s : s + CH], memoryview(ct_chunks)[s : s + CH + 15])
-        e.finalize()
-        chunk_tags.append(e.tag)
-    ctc = memoryview(ct_chunks)[:total]
-    del plain
-    dst = np.empty(total + 16, np.uint8)
-    dst[:] = 1  # prefault
-    pool = ThreadPoolExecutor(threads)
-
-    def core():
-        reader.read_many_into(jobs)
-
-    def openssl_one():
-        d = Cipher(algorithms.AES(key), modes.GCM(nonce, tag)).decryptor()
-        d.update_into(ct_view, dst)
-        d.finalize()
-
-    def openssl_chunks():
-        def one(i):
-            s = i * CH
-            d = Cipher(algorithms.AES(key), modes.GCM(i.to_bytes(12, "big"), chunk_tags[i])).decryptor()
-            d.update_into(ctc[s : s + CH], dst[s : s + CH + 15])
-            d.finalize()
-
-        list(pool.map(one, range(len(chunk_tags))))
-
-    fns = {"core": core, "openssl_1call": openssl_one}
-    if threads > 1:
-        fns["openssl_chunks"] = openssl_chunks
-    res: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t0 = now()
-            fn()
-            res[k].append(now() - t0)
-    print(
-        json.dumps({"bytes": total, "threads": threads, **{k: statistics.median(v) for k, v in res.items()}})
-    )
+RSS_MODES = {
+    "enctensor.load": "enc",
+    "enctensor.torch.load_file": "enc",
+    "enctensor.tvm.load": "enc",
+    "enctensor.torch.load_model": "enc",
+    "safetensors.numpy.load_file": "st",
+    "safetensors.torch.load_file + clone": "st",
+    "tvm.runtime.load_param_dict_from_file": "tvm",
+}
 
 
-def rss_kib() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS", "RssAnon", "RssFile", "VmHWM")):
-                k, v = line.split(":")
-                out[k] = int(v.split()[0])
-    return out
-
-
-def child_rss(mode: str, path: str) -> None:
-    """Peak RSS growth (KiB) of one load in a fresh process: sampled and ru_maxrss."""
-    import numpy as np  # noqa: F401
-
-    if mode.startswith("enctensor"):
+def child_rss(mode: str, path: str, st: str) -> None:
+    """Sets up, says "ready", loads on "go", says "done", and exits on the next line. Imports
+    only what ``mode`` needs (a load must not be charged for the others' imports, and quick
+    runs start faster)."""
+    fn: Callable[[], object]
+    if mode == "enctensor.load":
         import enctensor
+
+        fn = lambda: enctensor.load(path, key=KEY)
+    elif mode == "enctensor.torch.load_file":
         import enctensor.torch as et
 
-        fn = {
-            "enctensor.load": lambda: enctensor.load(path, key=KEY),
-            "enctensor.torch.load_file": lambda: et.load_file(path, key=KEY),
-        }[mode]
-    else:
+        fn = lambda: et.load_file(path, key=KEY)
+    elif mode == "enctensor.tvm.load":
+        import enctensor.tvm as ev
+
+        fn = lambda: ev.load(path, key=KEY)
+    elif mode == "enctensor.torch.load_model":
+        import enctensor.torch as et
+
+        _, header = safetensors_header(Path(st))
+        model = bag_module({k: tuple(v["shape"]) for k, v in header.items()})
+        fn = lambda: et.load_model(model, path, key=KEY)
+    elif mode == "safetensors.numpy.load_file":
         import safetensors.numpy
+
+        fn = lambda: safetensors.numpy.load_file(path)
+    elif mode == "safetensors.torch.load_file + clone":
         import safetensors.torch
 
-        fn = {
-            "safetensors.numpy.load_file": lambda: safetensors.numpy.load_file(path),
-            "safetensors.torch.load_file + clone": lambda: {
-                k: v.clone() for k, v in safetensors.torch.load_file(path).items()
-            },
-        }[mode]
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM (peak RSS) to the current RSS
-    before = rss_kib()
-    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak = [0]
-    stop = threading.Event()
+        fn = lambda: {k: v.clone() for k, v in safetensors.torch.load_file(path).items()}
+    else:
+        import tvm.runtime
 
-    def sample():
-        while not stop.is_set():
-            r = rss_kib()
-            peak[0] = max(peak[0], r["RssAnon"] + r["RssFile"])
-            time.sleep(0.0005)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
+        fn = lambda: tvm.runtime.load_param_dict_from_file(path)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    print("ready", flush=True)
+    sys.stdin.readline()
     out = fn()
-    stop.set()
-    th.join()
-    after = rss_kib()
-    maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("done", flush=True)
+    sys.stdin.readline()
     del out
-    print(
-        json.dumps(
-            {
-                "base": before["RssAnon"] + before["RssFile"],
-                "sampled_peak": max(peak[0], after["RssAnon"] + after["RssFile"]),
-                "maxrss_before": maxrss_before,
-                "hwm_before": before["VmHWM"],
-                "hwm_after": after["VmHWM"],
-                "vmrss_before": before["VmRSS"],
-                "maxrss_after": maxrss_after,
-                "after_anon": after["RssAnon"],
-                "after_file": after["RssFile"],
-                "before_anon": before["RssAnon"],
-                "before_file": before["RssFile"],
-            }
+
+
+def measure_rss(mode: str, files: dict[str, Path]) -> dict[str, int]:
+    """KiB: the load's peak growth of RssAnon and of RssFile over the state before it, and of
+    VmHWM (all resident memory), in a fresh process."""
+    path = files[RSS_MODES[mode]]
+    warm(path)
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(
+            [sys.executable, __file__, "--child-rss", mode, str(path), str(files["st"])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
         )
-    )
+        assert p.stdin is not None and p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            p.wait()
+            err.seek(0)
+            raise RuntimeError(f"RSS child for {mode} failed: {err.read()[-2000:]}")
+        base = status_kib(p.pid)
+        done = threading.Event()
+        stdout = p.stdout
+
+        def wait_done() -> None:
+            stdout.readline()
+            done.set()
+
+        reader = threading.Thread(target=wait_done)
+        reader.start()
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        anon = file = 0
+        while not done.is_set():
+            s = status_kib(p.pid)
+            anon, file = max(anon, s["RssAnon"]), max(file, s["RssFile"])
+            time.sleep(0.0002)
+        reader.join()
+        end = status_kib(p.pid)
+        p.stdin.write("exit\n")
+        p.stdin.flush()
+        if p.wait() != 0:
+            err.seek(0)
+            raise RuntimeError(f"RSS child for {mode} failed: {err.read()[-2000:]}")
+    return {
+        "anon": max(anon, end["RssAnon"]) - base["RssAnon"],
+        "file": max(file, end["RssFile"]) - base["RssFile"],
+        "hwm": end["VmHWM"] - base["VmRSS"],
+    }
 
 
-def run_child(args: list[str], env: dict[str, str] | None = None) -> dict:
-    e = dict(os.environ)
-    e.update(env or {})
-    out = subprocess.run(
-        [sys.executable, __file__, *args], check=False, capture_output=True, text=True, env=e
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"child {args} failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+# --------------------------------------------------------------------------------------------
+# this machine
 
 
-def run_floor(gib: float, runs: int) -> dict[str, float] | str:
-    if not FLOOR.exists():
-        return f"{FLOOR} not found"
-    out = subprocess.run(
-        [sys.executable, str(FLOOR), "--gib", str(gib), "--runs", str(runs)],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        return f"floor.py failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
-    res: dict[str, float] = {}
-    for line in out.stdout.splitlines():
-        m = re.match(
-            r"(numpy load|load_model)\s*: safetensors\s+([\d.]+) GB/s \| prototype\s+([\d.]+) GB/s", line
-        )
-        if m:
-            key = "numpy" if m.group(1) == "numpy load" else "load_model"
-            res[f"{key}_st"] = float(m.group(2))
-            res[f"{key}_proto"] = float(m.group(3))
-    res["raw"] = out.stdout.strip()  # type: ignore[assignment]
-    return res
+def measure_machine(nbytes: int, n: int, d: Path) -> list[tuple[str, float]]:
+    """First touch of fresh memory (4 KiB and huge pages, 1 and all threads, and pre-faulting
+    with MADV_POPULATE_WRITE), and the disk's O_DIRECT write speed."""
+    import mmap
+
+    from enctensor import _alloc
+
+    def touch(how: str, threads: int) -> Callable[[], object]:
+        def run() -> object:
+            a = _alloc.aligned_empty(nbytes)
+            parallel(touch_pieces([a]), threads)
+            return a
+
+        return with_pages(how, run)
+
+    cases: dict[str, Callable[[], object]] = {
+        "first touch, 4 KiB pages, 1 thread": touch("small", 1),
+        f"first touch, 4 KiB pages, {THREADS} threads": touch("small", THREADS),
+        "first touch, huge pages advised (numpy), 1 thread": touch("huge", 1),
+        f"first touch, huge pages advised (numpy), {THREADS} threads": touch("huge", THREADS),
+        f"MADV_POPULATE_WRITE, 4 KiB pages, {THREADS} threads": with_pages(
+            "populate", lambda: _alloc.aligned_empty(nbytes)
+        ),
+    }
+    times = rounds(cases, n)
+    out = [(k, gbps(nbytes, median(v))) for k, v in times.items()]
+    path = d / "odirect.bin"
+    size = min(nbytes, 256 * MIB)
+    buf = mmap.mmap(-1, 16 * MIB)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT)
+    except OSError:
+        return out
+    t0 = time.perf_counter()
+    for _ in range(size // len(buf)):
+        os.write(fd, buf)
+    os.fsync(fd)
+    out.append((f"disk write, O_DIRECT + fsync ({size >> 20} MiB)", gbps(size, time.perf_counter() - t0)))
+    os.close(fd)
+    path.unlink()
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,132 +709,351 @@ def run_floor(gib: float, runs: int) -> dict[str, float] | str:
 class Report:
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.targets: list[tuple[str, str, str, str]] = []
+        self.targets: list[tuple[str, str, str, str, str]] = []
 
     def add(self, s: str = "") -> None:
         self.lines.append(s)
         print(s, flush=True)
 
-    def target(self, what: str, ratio: float, target: float, higher: bool = True, note: str = "") -> None:
-        cmp = "≥" if higher else "≤"
+    def target(
+        self,
+        what: str,
+        measured: float,
+        goal: float,
+        higher: bool = True,
+        ceiling: str = "",
+        fmt: str = "{:.2f}x",
+    ) -> None:
+        ok = measured >= goal if higher else measured <= goal
         self.targets.append(
             (
                 what,
-                f"{ratio:.2f}x" if higher else f"{ratio:.4f}",
-                f"{cmp} {target:g}",
-                verdict(ratio, target, higher) + (f" {note}" if note else ""),
+                fmt.format(measured),
+                f"{'≥' if higher else '≤'} {goal:g}",
+                "**met**" if ok else "**not met**",
+                ceiling,
             )
         )
 
-    def missing(self, what: str, why: str, target: str) -> None:
-        self.targets.append((what, "—", target, f"**cannot run**: {why}"))
+    def missing(self, what: str, why: str, goal: str) -> None:
+        self.targets.append((what, "—", goal, f"**cannot run**: {why}", ""))
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.add("| " + " | ".join(header) + " |")
+        self.add("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+        for r in rows:
+            self.add("| " + " | ".join(r) + " |")
+        self.add()
 
 
-def measure_machine(d: Path, nbytes: int, runs: int) -> list[tuple[str, float]]:
-    """What this machine gives any loader: copies into fresh and prefaulted memory, first
-    touch of fresh pages (huge and 4 KiB, right after a free and after an idle pause, since a
-    VM may hand freed memory back to its host), and the disk's O_DIRECT write speed."""
-    import mmap
-
-    import numpy as np
-
-    src = np.ones(nbytes, dtype=np.uint8)
-    dst = np.empty_like(src)
-    dst.fill(0)
-    out: list[tuple[str, float]] = []
-
-    def fresh_copy() -> None:
-        np.copyto(np.empty_like(src), src)
-
-    def touch_small() -> None:
-        m = mmap.mmap(-1, nbytes)
-        np.frombuffer(m, dtype=np.uint8)[::4096] = 1
-        m.close()
-
-    def touch_huge() -> None:
-        np.empty(nbytes, dtype=np.uint8)[::4096] = 1
-
-    def touch_huge_after_pause() -> float:
-        time.sleep(3)
-        return timed(touch_huge)
-
-    cases: list[tuple[str, Callable[[], float]]] = [
-        ("memcpy into a fresh numpy array (numpy advises huge pages)", lambda: timed(fresh_copy)),
-        ("memcpy into a prefaulted array", lambda: timed(lambda: np.copyto(dst, src))),
-        ("first touch, 4 KiB pages (anonymous mmap), one thread", lambda: timed(touch_small)),
-        ("first touch, huge pages, right after the previous free", lambda: timed(touch_huge)),
-        ("first touch, huge pages, after 3 s idle", touch_huge_after_pause),
-    ]
-    for label, fn in cases:
-        fn()
-        out.append((label, gbps(nbytes, statistics.median(fn() for _ in range(runs)))))
-    path = d / "odirect.bin"
-    size = min(nbytes, 256 << 20)
-    buf = mmap.mmap(-1, 16 << 20)
+def version(dist: str) -> str:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT)
-    except OSError:
-        fd = -1
-    if fd >= 0:
-        t0 = now()
-        for _ in range(size // len(buf)):
-            os.write(fd, buf)
-        os.fsync(fd)
-        out.append(("disk write, O_DIRECT + fsync (256 MiB)", gbps(size, now() - t0)))
-        os.close(fd)
-        path.unlink()
-    return out
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
 
 
-def med(v: list[float]) -> float:
-    return statistics.median(v)
+def group_rows(g: Group, times: dict[str, list[float]], nbytes: int) -> list[list[str]]:
+    rows = []
+    for name in g.cases:
+        t = median(times[name])
+        rows.append(
+            [
+                f"`{name}`" if g.cases[name].kind != "ceiling" else name,
+                f"{t:.4f}",
+                f"{gbps(nbytes, t):.2f}",
+                f"{ratio(times, g.peer, name):.2f}x",
+            ]
+        )
+    return rows
+
+
+def ceiling_note(times: dict[str, list[float]], g: Group) -> str:
+    """The no-crypto copy against the peer, and enctensor against the no-crypto copy."""
+    return (
+        f"{g.ceiling}: {ratio(times, g.peer, g.ceiling):.2f}x the peer; "
+        f"enctensor at {ratio(times, g.ceiling, g.ours):.0%} of it"
+    )
+
+
+def draw_chart(chart: dict[str, tuple[float, str]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(chart)[::-1]
+    colors = {"enctensor": "tab:blue", "peer": "tab:orange", "ceiling": "tab:gray"}
+    fig, ax = plt.subplots(figsize=(10, 0.4 * len(names) + 1.6))
+    ax.barh(names, [chart[n][0] for n in names], color=[colors[chart[n][1]] for n in names])
+    for i, n in enumerate(names):
+        ax.text(chart[n][0], i, f" {chart[n][0]:.2f}", va="center", fontsize=8)
+    ax.set_xlabel("GB/s (higher is better)")
+    ax.set_title(
+        f"{title}\nblue: enctensor, orange: peers, gray: the same bytes copied without crypto", fontsize=10
+    )
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# main
+
+
+def report_loads(
+    rep: Report, groups: list[Group], desc: str, nbytes: int, n_rounds: int, temps: list[bool], big: bool
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Measures the load groups warm (and cold), reports them, and adds their targets."""
+    res: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for cold in temps:
+        which = "cold" if cold else "warm"
+        res[which] = measure_groups(groups, n_rounds, cold)
+        rep.add(f"### Loading {desc}, page cache {which} ({nbytes / MIB:.0f} MiB, {n_rounds} rounds)")
+        rep.add()
+        for g in groups:
+            rep.add(f"{g.key}: {g.title}; ratio = speed / `{g.peer}`'s, median of the per-round ratios")
+            rep.add()
+            rep.table(["case", "median s", "GB/s", "x peer"], group_rows(g, res[which][g.key], nbytes))
+        passes = [
+            f"`{g.ours}` {ratio(res[which][g.key], f'{g.ours}, two passes', g.ours):.2f}x"
+            for g in groups
+            if f"{g.ours}, two passes" in g.cases
+        ]
+        rep.add(
+            f"One pass out of the map / two passes (pread, decrypt in place), speed: {', '.join(passes)}."
+        )
+        rep.add()
+    for g in groups:
+        w = res["warm"][g.key]
+        if big:
+            rep.target(
+                f"`{g.ours}` / `{g.peer}`, {desc}, warm",
+                ratio(w, g.peer, g.ours),
+                GOALS[g.key],
+                ceiling=ceiling_note(w, g),
+            )
+        elif g.key == "load_model":
+            rep.target(
+                f"`{g.ours}` / `{g.peer}`, {desc}, warm (was {BEFORE[('load_model', 'small')]:.2f}x)",
+                ratio(w, g.peer, g.ours),
+                1.0,
+                ceiling=ceiling_note(w, g),
+            )
+        if "cold" in res and big:
+            c = res["cold"][g.key]
+            rep.target(
+                f"`{g.ours}` / `{g.peer}`, {desc}, cold",
+                ratio(c, g.peer, g.ours),
+                GOALS["cold"],
+                ceiling=ceiling_note(c, g),
+            )
+        for encrypted in ("cryptotensors.numpy.load_file", "tensorizer (encrypted)"):
+            if encrypted in g.cases:
+                before = BEFORE[(encrypted.split(".")[0].split(" ")[0], "large" if big else "small")]
+                rep.target(
+                    f"`{g.ours}` / `{encrypted}`, {desc}, warm (no regression)",
+                    ratio(w, encrypted, g.ours),
+                    before,
+                )
+    return res
+
+
+def run_set(
+    rep: Report,
+    tag: str,
+    desc: str,
+    tensors: dict[str, np.ndarray],
+    d: Path,
+    peers: Peers,
+    args: argparse.Namespace,
+    largest: bool,
+) -> tuple[dict[str, dict[str, dict[str, list[float]]]], dict[str, dict[str, str]]]:
+    """Loads (warm, cold), saves, and for the largest set RSS and slices; adds the targets.
+    Returns the load times (temperature -> group -> case -> seconds) and each case's kind."""
+    nbytes = sum(v.nbytes for v in tensors.values())
+    files = write_files(tensors, d, peers)
+    model = bag_module({k: v.shape for k, v in tensors.items()})
+    groups = load_groups(files, model, peers)
+    check_results(groups, tensors, peers)
+    big = tag != "small"
+    res: dict[str, dict[str, dict[str, list[float]]]] = {}
+    if "load" not in args.skip:
+        temps = [False] if "cold" in args.skip or (args.quick and not big) else [False, True]
+        res = report_loads(rep, groups, desc, nbytes, args.rounds, temps, big)
+    for peer, why in peers.why.items():
+        rep.missing(f"{peer}, {desc}", why, "no regression")
+
+    if "save" not in args.skip:
+        saves = save_cases(tensors, d, detail=largest)
+        st = measure_saves(saves, args.rounds)
+        rep.add(f"### Saving {desc} ({args.rounds} rounds; `os.sync()` before each save, untimed)")
+        rep.add()
+        rows = [
+            [
+                f"`{k}`",
+                f"{median(v):.3f}",
+                f"{gbps(nbytes, median(v)):.2f}",
+                f"{ratio(st, k, 'enctensor.save'):.2f}x",
+            ]
+            for k, v in st.items()
+        ]
+        rep.table(
+            ["writer", "median s", "GB/s", "`enctensor.save` speed / this (median of per-round ratios)"], rows
+        )
+        if saves.phases:
+            rep.add(
+                "Where the time goes (median seconds of each phase; safetensors' write includes its rename):"
+            )
+            rep.add()
+            rep.table(
+                ["case", *PHASES],
+                [
+                    [k, *(f"{median(v[p]):.3f}" if p in v else "" for p in PHASES)]
+                    for k, v in saves.phases.items()
+                ],
+            )
+        for peer, ceil in (
+            ((SAVE_PEER, SAVE_CEILING_NO_FSYNC), (SAVE_PEER_FSYNC, SAVE_CEILING)) if big else ()
+        ):
+            note = (
+                f"{ceil}: {ratio(st, peer, ceil):.2f}x the peer; "
+                f"enctensor at {ratio(st, SAVE_CEILING, 'enctensor.save'):.0%} of the same work without crypto"
+            )
+            rep.target(
+                f"`enctensor.save` / `{peer}`, {desc}",
+                ratio(st, peer, "enctensor.save"),
+                SAVE_GOALS[peer],
+                ceiling=note,
+            )
+        if "enctensor.save, new file" in st and big:
+            rep.target(
+                f"`enctensor.save` / `{SAVE_PEER}`, both to a new file, {desc}",
+                ratio(st, "safetensors.numpy.save_file, new file", "enctensor.save, new file"),
+                SAVE_GOALS[SAVE_PEER],
+                ceiling=f"write the plaintext + fsync + rename, no crypto, new file: "
+                f"{ratio(st, 'safetensors.numpy.save_file, new file', 'write the plaintext + fsync + rename, no crypto, new file'):.2f}x the peer",
+            )
+
+    if largest and "rss" not in args.skip:
+        rep.add(
+            f"### Peak RSS growth during one load, {desc} (fresh process, page cache warm, sampled from outside)"
+        )
+        rep.add()
+        rows = []
+        modes = list(RSS_MODES) if not args.quick else ["enctensor.load", "safetensors.numpy.load_file"]
+        for mode in modes:
+            r = measure_rss(mode, files)
+            rows.append(
+                [
+                    f"`{mode}`",
+                    f"{r['anon'] / 1024:.0f} MiB",
+                    f"{r['anon'] * 1024 / nbytes:.3f}",
+                    f"{r['file'] / 1024:.0f} MiB",
+                    f"{r['hwm'] / 1024:.0f} MiB",
+                ]
+            )
+            if mode.startswith("enctensor"):
+                rep.target(
+                    f"peak anonymous RSS growth / tensor bytes, `{mode}`, {desc}",
+                    r["anon"] * 1024 / nbytes,
+                    RSS_GOAL,
+                    higher=False,
+                    fmt="{:.3f}",
+                )
+        rep.table(
+            [
+                "loader",
+                "RssAnon growth",
+                "/ tensor bytes",
+                "RssFile growth (page cache mapped)",
+                "VmHWM growth (all)",
+            ],
+            rows,
+        )
+
+    if largest and big and "slice" not in args.skip:
+        desc_sl, m = measure_slice(files, tensors, args.rounds)
+        rep.add(f"### get_slice of 1 %: {desc_sl}")
+        rep.add()
+        rep.add(
+            "Seconds per call, timed over batches (50 slices, 3 full loads), in rounds of alternating order."
+        )
+        rep.add()
+        rows = []
+        for lib in ("enctensor", "safetensors"):
+            rows.append([f"`{lib}` full `get_tensor`", f"{m[lib + ' full']:.5f}", ""])
+            rows.append(
+                [
+                    f"`{lib}` `get_slice(...)[:k]`",
+                    f"{m[lib + ' slice']:.5f}",
+                    f"{m[lib + ' slice'] / m[lib + ' full']:.2%}",
+                ]
+            )
+        rows.append(
+            [
+                "`enctensor` `safe_open` + `get_slice(...)[:k]`",
+                f"{m['enctensor open + slice']:.5f}",
+                f"{m['enctensor open + slice'] / m['enctensor full']:.2%}",
+            ]
+        )
+        rep.table(["case", "s", "slice / full"], rows)
+        rep.target(
+            f"get_slice 1 % / full tensor load (enctensor), {desc}",
+            m["enctensor slice"] / m["enctensor full"],
+            SLICE_GOAL,
+            higher=False,
+            fmt="{:.4f}",
+        )
+
+    kinds = {g.key: {name: c.kind for name, c in g.cases.items()} for g in groups}
+    del model, groups
+    for f in files.values():
+        f.unlink(missing_ok=True)
+    return res, kinds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gib", type=float, default=1.0, help="size of the large set (default 1 GiB)")
+    ap.add_argument(
+        "--gib", type=float, default=1.0, help="the largest set (default 1 GiB; also measured: half of it)"
+    )
     ap.add_argument("--small", type=int, default=2000, help="number of 64 KiB tensors (default 2000)")
-    ap.add_argument("--runs", type=int, default=None, help="interleaved runs per case (default 5)")
-    ap.add_argument("--quick", action="store_true", help="small sizes, 2 runs: a smoke test")
-    ap.add_argument("--out", default=None, help="markdown file to write (e.g. benches/README.md)")
-    ap.add_argument("--chart", default=None, help="PNG bar chart to write (e.g. benches/chart.png)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per group (default 11)")
+    ap.add_argument(
+        "--quick", action="store_true", help="64 MiB and 200 x 64 KiB, 3 rounds: a smoke test (~15 s)"
+    )
+    ap.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated parts to leave out: cold, save, rss, slice, small, machine, load",
+    )
+    ap.add_argument("--out", default=None, help="markdown file to write below its results marker")
+    ap.add_argument("--chart", default=None, help="PNG bar chart to write")
     ap.add_argument("--dir", default=None, help="where to put the files (default: system temp dir)")
-    ap.add_argument("--no-floor", action="store_true", help="skip floor.py")
-    ap.add_argument("--child-aes", nargs=2, help=argparse.SUPPRESS)
-    ap.add_argument("--child-rss", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--child-rss", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child_aes:
-        child_aes(args.child_aes[0], int(args.child_aes[1]))
-        return
     if args.child_rss:
         child_rss(*args.child_rss)
         return
+    args.skip = set(filter(None, args.skip.split(",")))
+    sizes = [args.gib / 2, args.gib]
     if args.quick:
-        args.gib = min(args.gib, 1 / 16)
-        args.small = min(args.small, 200)
-        args.runs = args.runs or 2
-    runs = args.runs or 5
-    t_start = time.time()
-    load_start = loadavg()
+        sizes, args.small, args.rounds = [min(args.gib, 1 / 16)], min(args.small, 200), args.rounds or 3
+    args.rounds = args.rounds or 11
+    t_start, load_start = time.time(), loadavg()
 
-    import numpy as np
     import safetensors
     import torch
     import tvm
-    from bench_load import cpu_model  # reuse
 
     import enctensor
+    from enctensor import _alloc
 
     peers = Peers()
+    freeze_imports()
     rep = Report()
-    chart: dict[str, float] = {}
-
-    try:
-        from cryptography.hazmat.backends.openssl.backend import backend as _ob
-
-        openssl = _ob.openssl_version_text()
-    except Exception:  # noqa: BLE001
-        openssl = "?"
     rep.add(f"## Results ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     rep.add()
     rep.add(
@@ -746,321 +1063,80 @@ def main() -> None:
     rep.add(
         f"- Python {platform.python_version()}; enctensor {enctensor.__version__}; numpy {np.__version__}; "
         f"torch {torch.__version__}; tvm {tvm.__version__}; safetensors {safetensors.__version__}; "
-        f"cryptotensors {version('cryptotensors')}; tensorizer {version('tensorizer')}; "
-        f"cryptography {version('cryptography')} ({openssl}); libsodium via libnacl {version('libnacl')}"
+        f"cryptotensors {version('cryptotensors')}; tensorizer {version('tensorizer')}"
     )
-    rep.add(
-        f"- Command: `python benches/run.py {' '.join(sys.argv[1:])}`; medians of {runs} interleaved runs "
-        f"(plus one untimed warm-up for warm runs); load average at start {load_start}"
-    )
-    rep.add()
-
     tmp = tempfile.TemporaryDirectory(prefix="enct-run-", dir=args.dir)
     d = Path(tmp.name)
-    rep.add(f"### This machine ({int(args.gib * (1 << 30)) >> 20} MiB, medians of {runs})")
+    probe = d / "probe"
+    probe.write_bytes(b"x")
+    rep.add(
+        f"- Command: `python benches/run.py {' '.join(sys.argv[1:])}`; {args.rounds} rounds per group, order "
+        f"reversed every other round; load average at start {load_start}; one-pass reads: "
+        f"{one_pass_possible(probe)}; destinations: ENCTENSOR_PAGES={_alloc.pages()}"
+    )
     rep.add()
-    rep.add("| what | GB/s |")
-    rep.add("|---|---:|")
-    for label, rate in measure_machine(d, int(args.gib * (1 << 30)), runs):
-        rep.add(f"| {label} | {rate:.2f} |")
-    rep.add()
+    if "machine" not in args.skip:
+        rep.add(f"### This machine ({int(sizes[-1] * 1024)} MiB, {args.rounds} rounds)")
+        rep.add()
+        rep.table(
+            ["what", "GB/s"],
+            [[k, f"{v:.2f}"] for k, v in measure_machine(int(sizes[-1] * (1 << 30)), args.rounds, d)],
+        )
+
     sets = [
-        ("large", f"{args.gib:g} GiB: 16 float32 tensors", 16, int(args.gib * (1 << 30) / 16)),
-        ("small", f"{args.small} float32 tensors of 64 KiB", args.small, 64 << 10),
+        (f"{s * 1024:g}mib", f"{s * 1024:g} MiB (16 float32 tensors)", 16, int(s * (1 << 30)) // 16)
+        for s in sizes
     ]
-    summary: dict[str, dict] = {}
+    if "small" not in args.skip:
+        sets.append(("small", f"{args.small} x 64 KiB", args.small, 64 << 10))
+    largest = sets[len(sizes) - 1][0]
+    chart: dict[str, tuple[float, str]] = {}
+    chart_title = ""
     for tag, desc, n, each in sets:
         tensors = make_tensors(n, each)
-        nbytes = sum(v.nbytes for v in tensors.values())
         sd = d / tag
         sd.mkdir()
-        files = write_files(tensors, sd, peers)
-        target_model = bag_module(tensors)
-        L = loaders(files, tensors, peers, target_model)
-        res = {}
-        for cold in (False, True):
-            res[cold] = {k: med(v) for k, v in measure_loads(L, runs, cold).items()}
-            gc.collect()
-        summary[tag] = {"nbytes": nbytes, "loads": res, "desc": desc}
+        # RSS, slices and the save breakdown: on the largest set and the small tensors (a quick
+        # run: the largest set only).
+        detail = tag == largest or (tag == "small" and not args.quick)
+        res, kinds = run_set(rep, tag, desc, tensors, sd, peers, args, largest=detail)
+        if tag == largest and res:
+            nbytes = sum(v.nbytes for v in tensors.values())
+            chart_title = f"Loading {desc}, page cache warm"
+            for g, per in res["warm"].items():
+                for name, t in per.items():
+                    chart[name] = (gbps(nbytes, median(t)), kinds[g][name])
+        del tensors
 
-        rep.add(f"### Loading: {desc} ({nbytes / 2**20:.0f} MiB)")
-        rep.add()
-        rep.add("| loader | warm s | warm GB/s | cold s | cold GB/s |")
-        rep.add("|---|---:|---:|---:|---:|")
-        for k in L:
-            w, c = res[False][k], res[True][k]
-            rep.add(f"| `{k}` | {w:.4f} | {gbps(nbytes, w):.2f} | {c:.4f} | {gbps(nbytes, c):.2f} |")
-        rep.add()
-        if tag == "large":
-            chart = {k: gbps(nbytes, res[False][k]) for k in L}
-
-        # load targets
-        pairs = [
-            (
-                "enctensor.torch.load_model / safetensors.torch.load_model",
-                "enctensor.torch.load_model",
-                "safetensors.torch.load_model",
-                0.9,
-            ),
-            (
-                "enctensor.load / safetensors.numpy.load_file",
-                "enctensor.load",
-                "safetensors.numpy.load_file",
-                4,
-            ),
-            (
-                "enctensor.tvm.load / tvm.runtime.load_param_dict_from_file",
-                "enctensor.tvm.load",
-                "tvm.runtime.load_param_dict_from_file",
-                4,
-            ),
-            (
-                "enctensor.load / cryptotensors.numpy.load_file",
-                "enctensor.load",
-                "cryptotensors.numpy.load_file",
-                2.5,
-            ),
-            (
-                "enctensor.torch.load_file / tensorizer (encrypted)",
-                "enctensor.torch.load_file",
-                "tensorizer (encrypted)",
-                5,
-            ),
-        ]
-        for label, ours, base, tgt in pairs:
-            for cold in (False, True):
-                what = f"{label}, {tag}, {'cold' if cold else 'warm'}"
-                if base not in res[cold]:
-                    peer = base.split(".")[0].split(" ")[0]
-                    rep.missing(what, peers.why.get(peer, "not measured"), f"≥ {tgt:g}")
-                    continue
-                rep.target(what, res[cold][base] / res[cold][ours], tgt)
-        # Signed loads (verify_with: signature plus a BLAKE3 digest per chunk) against the same
-        # loader without a signature, measured in the same interleaved rounds (lower is better).
-        for ours in ("enctensor.load", "enctensor.torch.load_model"):
-            signed = f"{ours} (signed, verify_with)"
-            for cold in (False, True):
-                rep.target(
-                    f"{signed} / unsigned, {tag}, {'cold' if cold else 'warm'}",
-                    res[cold][signed] / res[cold][ours],
-                    1.25,
-                    higher=False,
-                )
-
-        # saving
-        st = {k: med(v) for k, v in measure_saves(tensors, sd, max(3, runs)).items()}
-        rep.add(f"### Saving: {desc}")
-        rep.add()
-        rep.add("| writer | s | GB/s |")
-        rep.add("|---|---:|---:|")
-        for k, v in st.items():
-            rep.add(f"| `{k}` | {v:.4f} | {gbps(nbytes, v):.2f} |")
-        rep.add()
-        rep.target(
-            f"enctensor.save / safetensors.numpy.save_file (no fsync), {tag}",
-            st["safetensors.numpy.save_file"] / st["enctensor.save (fsync, atomic rename)"],
-            2,
-        )
-        rep.target(
-            f"enctensor.save / safetensors save_file + fsync (like for like), {tag}",
-            st["safetensors.numpy.save_file + fsync"] / st["enctensor.save (fsync, atomic rename)"],
-            2,
-        )
-        rep.target(
-            f"enctensor.save_bytes / safetensors.numpy.save (bytes), {tag}",
-            st["safetensors.numpy.save (bytes)"] / st["enctensor.save_bytes"],
-            2,
-        )
-
-        # peak RSS (fresh processes, warm cache)
-        warm(files["enc"])
-        warm(files["st"])
-        rep.add(f"### Peak RSS growth while loading: {desc} (fresh process, warm cache)")
-        rep.add()
-        rep.add(
-            "| loader | sampled peak (RssAnon+RssFile) growth | VmHWM growth (HWM reset before the load) | growth / tensor bytes | RssFile after |"
-        )
-        rep.add("|---|---:|---:|---:|---:|")
-        modes = [
-            ("enctensor.load", files["enc"]),
-            ("enctensor.torch.load_file", files["enc"]),
-            ("safetensors.numpy.load_file", files["st"]),
-            ("safetensors.torch.load_file + clone", files["st"]),
-        ]
-        for mode, f in modes[::2] if args.quick else modes:
-            r = run_child(["--child-rss", mode, str(f)])
-            hwm = r["hwm_after"] - r["vmrss_before"]  # VmHWM was reset just before the load
-            growth = max(r["sampled_peak"] - r["base"], hwm)
-            mr = hwm
-            ratio = growth * 1024 / nbytes
-            rep.add(
-                f"| `{mode}` | {(r['sampled_peak'] - r['base']) / 1024:.0f} MiB | {mr / 1024:.0f} MiB | "
-                f"{ratio:.3f} | {r['after_file'] / 1024:.0f} MiB |"
-            )
-            if mode.startswith("enctensor"):
-                rep.target(f"peak RSS growth / tensor bytes, `{mode}`, {tag}", ratio, 1.15, higher=False)
-        rep.add()
-
-        if tag == "large":
-            # get_slice
-            sl = measure_slice(files, tensors, runs)
-            desc_sl = sl.pop("_desc")[0]
-            m = {k: med(v) for k, v in sl.items()}
-            rep.add(f"### get_slice of 1 %: {desc_sl}")
-            rep.add()
-            rep.add("Seconds per call, timed over batches (50 slices, 3 full loads) after one gc.collect().")
-            rep.add()
-            rep.add("| case | s | slice / full |")
-            rep.add("|---|---:|---:|")
-            for lib in ("enctensor", "safetensors"):
-                rep.add(f"| `{lib}` full `get_tensor` | {m[lib + ' full']:.5f} | |")
-                rep.add(
-                    f"| `{lib}` `get_slice(...)[:k]` | {m[lib + ' slice']:.5f} | "
-                    f"{m[lib + ' slice'] / m[lib + ' full']:.2%} |"
-                )
-            rep.add(
-                f"| `enctensor` `safe_open` + `get_slice(...)[:k]` | {m['enctensor open + slice']:.5f} | "
-                f"{m['enctensor open + slice'] / m['enctensor full']:.2%} |"
-            )
-            rep.add()
-            rep.target(
-                "get_slice 1 % / full tensor load (enctensor), large",
-                m["enctensor slice"] / m["enctensor full"],
-                0.02,
-                higher=False,
-            )
-
-            # AES core vs OpenSSL
-            rep.add(
-                f"### AES-256-GCM decrypt+verify, core vs OpenSSL ({nbytes / 2**20:.0f} MiB, warm, prefaulted destination)"
-            )
-            rep.add()
-            rep.add(
-                "| threads | core `read_many_into` GB/s | OpenSSL 1 `update_into` GB/s | OpenSSL 1 MiB chunks on N threads GB/s | core / OpenSSL 1 call |"
-            )
-            rep.add("|---:|---:|---:|---:|---:|")
-            aes = {}
-            for th in (1, 2):
-                r = run_child(
-                    ["--child-aes", str(files["enc"]), str(max(runs, 5))], {"RAYON_NUM_THREADS": str(th)}
-                )
-                aes[th] = r
-                ch = f"{gbps(r['bytes'], r['openssl_chunks']):.2f}" if "openssl_chunks" in r else "—"
-                rep.add(
-                    f"| {th} | {gbps(r['bytes'], r['core']):.2f} | {gbps(r['bytes'], r['openssl_1call']):.2f} | {ch} | "
-                    f"{r['openssl_1call'] / r['core']:.2f}x |"
-                )
-            rep.add()
-            rep.target("core 1 thread / OpenSSL single-core", aes[1]["openssl_1call"] / aes[1]["core"], 0.9)
-            rep.target("core 2 threads / OpenSSL single-core", aes[2]["openssl_1call"] / aes[2]["core"], 0.9)
-            rep.target(
-                "core scaling 2 threads / 1 thread (near-linear)", aes[1]["core"] / aes[2]["core"], 1.8
-            )
-            summary["aes"] = aes
-        del tensors, target_model, L
-        for f in files.values():
-            f.unlink(missing_ok=True)
-        gc.collect()
-
-    # the prototype floor
-    if not args.no_floor:
-        fl = run_floor(args.gib, runs)
-        rep.add(
-            f"### Prototype floor (`shared/bench/floor.py`, {args.gib:g} GiB, {runs} runs, Python + OpenSSL on all threads)"
-        )
-        rep.add()
-        if isinstance(fl, str):
-            rep.add(f"floor.py could not run: {fl}")
-        else:
-            big = summary["large"]
-            enc_np = gbps(big["nbytes"], big["loads"][False]["enctensor.load"])
-            enc_lm = gbps(big["nbytes"], big["loads"][False]["enctensor.torch.load_model"])
-            st_np = gbps(big["nbytes"], big["loads"][False]["safetensors.numpy.load_file"])
-            st_lm = gbps(big["nbytes"], big["loads"][False]["safetensors.torch.load_model"])
-            rep.add(
-                "| path | safetensors GB/s (floor's run) | prototype floor GB/s | enctensor Rust core GB/s | safetensors GB/s (this run) | core / floor |"
-            )
-            rep.add("|---|---:|---:|---:|---:|---:|")
-            rep.add(
-                f"| numpy load | {fl.get('numpy_st', 0):.2f} | {fl.get('numpy_proto', 0):.2f} | {enc_np:.2f} | {st_np:.2f} | "
-                f"{enc_np / fl.get('numpy_proto', float('nan')):.2f}x |"
-            )
-            rep.add(
-                f"| load_model | {fl.get('load_model_st', 0):.2f} | {fl.get('load_model_proto', 0):.2f} | {enc_lm:.2f} | {st_lm:.2f} | "
-                f"{enc_lm / fl.get('load_model_proto', float('nan')):.2f}x |"
-            )
-            rep.add()
-            if "numpy_proto" in fl:
-                rep.target(
-                    "enctensor.load / prototype floor (numpy), warm large", enc_np / fl["numpy_proto"], 1.0
-                )
-                rep.target(
-                    "enctensor.torch.load_model / prototype floor, warm large",
-                    enc_lm / fl["load_model_proto"],
-                    1.0,
-                )
-            chart["prototype floor (numpy, floor.py)"] = fl.get("numpy_proto", 0)
-
-    # targets
-    rep.add("### Targets")
+    rep.add("### Targets (issue 12)")
     rep.add()
-    rep.add("| target | measured | goal | verdict |")
-    rep.add("|---|---:|---:|---|")
-    for row in rep.targets:
-        rep.add("| " + " | ".join(row) + " |")
-    rep.add()
-    met = sum("**met**" in r[3] for r in rep.targets)
     rep.add(
-        f"{met} of {len(rep.targets)} met. Load average at end {loadavg()}; wall time {time.time() - t_start:.0f} s."
+        "Ratios are speed / the peer's speed, medians of the per-round ratios. The last column is this machine's "
+        "ceiling for the path, measured in the same rounds: the same bytes moved without crypto."
+    )
+    rep.add()
+    rep.table(
+        ["target", "measured", "goal", "verdict", "ceiling (no crypto) and how close enctensor is"],
+        [list(t) for t in rep.targets],
+    )
+    met = sum("**met**" in t[3] for t in rep.targets)
+    rep.add(
+        f"{met} of {len(rep.targets)} met. Load average at start {load_start}, at end {loadavg()}; wall time {time.time() - t_start:.0f} s."
     )
     busiest = max(float(load_start.split()[0]), os.getloadavg()[0])
     if busiest >= 1.5:
         rep.add()
         rep.add(
-            f"**Noisy run**: the 1-minute load average reached {busiest:.2f} at the start or end "
-            f"of this run on {os.cpu_count()} CPUs (other work was running); treat these figures, "
-            "the 2-thread ones above all, as lower bounds."
+            f"**Noisy run**: the 1-minute load average reached {busiest:.2f} at the start or end of this run on "
+            f"{os.cpu_count()} CPUs (other work was running); treat the figures, the 2-thread ones above all, as lower bounds."
         )
-    if peers.why:
-        rep.add()
-        for k, v in peers.why.items():
-            rep.add(f"- {k}: {v}")
-
     if args.out:
         out = Path(args.out)
         intro = out.read_text().split(MARKER)[0] if out.exists() else "# Benchmarks\n\n"
         out.write_text(intro.rstrip() + "\n\n" + MARKER + "\n\n" + "\n".join(rep.lines) + "\n")
-    if args.chart:
-        draw_chart(chart, summary["large"]["desc"], Path(args.chart))
+    if args.chart and chart:
+        draw_chart(chart, chart_title, Path(args.chart))
     tmp.cleanup()
-
-
-def draw_chart(chart: dict[str, float], desc: str, path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=True)
-        import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(chart)
-    vals = [chart[n] for n in names]
-    colors = [
-        "tab:blue" if n.startswith("enctensor") else "tab:gray" if "floor" in n else "tab:orange"
-        for n in names
-    ]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.5))
-    ax.barh(names[::-1], vals[::-1], color=colors[::-1])
-    for i, v in enumerate(vals[::-1]):
-        ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
-    ax.set_xlabel("GB/s (higher is better)")
-    ax.set_title(
-        f"Loading, page cache warm, {desc}\nblue: enctensor, orange: peers, gray: Python prototype floor"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":
