@@ -14,7 +14,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How chunks are read: `OnePass` from the map into the destination, or `Copy` (`pread` into
@@ -51,12 +51,16 @@ pub fn set_preferred(mode: ReadMode) {
     PREFERRED.store(v, Ordering::Relaxed);
 }
 
+/// How long the kernel lets a writer wait for a lease, read once per process (and only when a
+/// lease was found broken): not on every read.
 fn break_time() -> Duration {
-    let secs = std::fs::read_to_string("/proc/sys/fs/lease-break-time")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(45);
-    Duration::from_secs(secs)
+    static SECS: OnceLock<u64> = OnceLock::new();
+    Duration::from_secs(*SECS.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/fs/lease-break-time")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(45)
+    }))
 }
 
 /// The read lease of one open file, shared by the reads running on it at once: taken by the
@@ -112,16 +116,15 @@ impl Lease {
         let mut h = self.state.lock().unwrap_or_else(|e| e.into_inner());
         // A pending break also reads as "not held", but the writer is still waiting then: the
         // lease protected the whole read if it is intact or younger than the break time.
-        let intact = sys::held(self.fd);
-        let young = h
-            .since
-            .is_some_and(|t| t.elapsed() + Duration::from_secs(1) < break_time());
+        let protected = sys::held(self.fd)
+            || h.since
+                .is_some_and(|t| t.elapsed() + Duration::from_secs(1) < break_time());
         h.count -= 1;
         if h.count == 0 {
             sys::release(self.fd);
             h.since = None;
         }
-        intact || young
+        protected
     }
 }
 
