@@ -29,6 +29,8 @@ from ._sharded import load_sharded as load_sharded
 from .errors import EncTensorError as EncTensorError
 from .errors import FormatError as FormatError
 from .errors import IntegrityError as IntegrityError
+from .errors import ObjectChangedError as ObjectChangedError
+from .errors import RemoteReadError as RemoteReadError
 from .errors import SignatureError as SignatureError
 from .errors import TensorNotFoundError as TensorNotFoundError
 from .errors import WrongKeyError as WrongKeyError
@@ -41,6 +43,8 @@ __all__ = [
     "IntegrityError",
     "Key",
     "KeyProvider",
+    "ObjectChangedError",
+    "RemoteReadError",
     "SignatureError",
     "TensorNotFoundError",
     "TensorSlice",

@@ -30,10 +30,15 @@ from ._keys import (
     sign_seed,
     verify_bytes,
 )
+from ._remote import RemoteReader, inspect_url, is_url, local_path, open_reader, read_whole, upload
 from ._slice import plan
 from .errors import FormatError, IntegrityError, TensorNotFoundError
 
 PathLike = str | os.PathLike[str]
+#: fsspec's options for a URL's filesystem (credentials, endpoint, ...), as in pandas.
+StorageOptions = Mapping[str, Any] | None
+#: An opened file: local (the core reads it) or remote (chunks fetched as reads need them).
+Reader = _core.Reader | RemoteReader
 # 256 KiB: a slice decrypts at most two chunks more than it needs; throughput is the same as
 # with 1 MiB chunks.
 DEFAULT_CHUNK_SIZE = 256 << 10
@@ -123,15 +128,27 @@ class _DirectoryGiven(IsADirectoryError):
 def _file_name(path: PathLike, instead: str = _READ_INSTEAD) -> str:
     """``os.fspath(path)``; :class:`IsADirectoryError` saying what to give if it is a directory."""
     p = os.fspath(path)
+    if is_url(p):
+        return p
+    p = local_path(p)
     if os.path.isdir(p):
         raise _DirectoryGiven(p, instead)
     return p
 
 
-def _index_format(p: str) -> str | None:
+def _index_format(p: str, storage_options: StorageOptions = None) -> str | None:
     """``"enctensor-index"`` or ``"index"`` if ``p`` is the index of a sharded checkpoint
     (decided by content, as ``enctensor.convert.detect_format`` does: a JSON object with a
-    ``weight_map``), else ``None``, also when ``p`` cannot be read (the reader reports that)."""
+    ``weight_map``), else ``None``, also when ``p`` cannot be read (the reader reports that).
+    A URL is looked at only if its name ends in ``.json`` (each look is a request)."""
+    if is_url(p):
+        if not p.endswith(".json"):
+            return None
+        try:
+            head = read_whole(p, storage_options)
+        except (OSError, ValueError):
+            return None
+        return _index_format_of(head)
     try:
         with open(p, "rb") as f:
             head = f.read(16)
@@ -146,6 +163,24 @@ def _index_format(p: str) -> str | None:
     except (OSError, ValueError):
         return None
     return fmt if fmt in ("index", "enctensor-index") else None
+
+
+def _index_format_of(raw: bytes) -> str | None:
+    """:func:`_index_format` of a remote file's bytes: an index whose shards are named
+    ``*.enct`` is taken as encrypted (fetching a shard to look would cost a request)."""
+    import json
+
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
+        return None
+    from .convert.sharded import ENC_SUFFIX
+
+    shards = list(obj["weight_map"].values())
+    encrypted = bool(shards) and all(isinstance(s, str) and s.endswith(ENC_SUFFIX) for s in shards)
+    return "enctensor-index" if encrypted else "index"
 
 
 def _not_one_file(p: str, fmt: str, what: str) -> FormatError:
@@ -251,6 +286,7 @@ def save(
     scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
     overwrite: bool = True,
     fingerprints: bool = False,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Encrypts ``tensors`` to ``path`` atomically (temporary file, fsync, rename).
 
@@ -274,10 +310,24 @@ def save(
     so that :func:`rekey` can later remove a recipient by its public key and ``inspect`` shows
     whose each stanza is; the file then tells anyone who knows a recipient's public key that it
     opens the file (SECURITY.md, "Recipient fingerprints"). Off by default, as in age.
+
+    ``path`` may be a URL (``s3://bucket/model.enct``; ``storage_options`` as for
+    :func:`load`): the file is written to a local temporary file, then uploaded whole
+    (multipart where the backend does that), so readers see the old object or the new one.
+    ``overwrite=False`` then checks that the object does not exist before uploading (a check,
+    not an atomic guard: object stores have no no-clobber rename).
     """
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be a bool, not {type(overwrite).__name__}")
     p = _file_name(path, _WRITE_INSTEAD)
+    if is_url(p):
+        rows = _tensor_rows(tensors, plaintext)
+        args = _write_args(
+            key, passphrase, recipients, sign_with, metadata, chunk_size, scrypt_log_n, fingerprints
+        )
+        with upload(p, storage_options, overwrite=overwrite) as local:
+            _core.write_file(local, rows, **args)
+        return
     if not overwrite and os.path.lexists(p):
         raise FileExistsError(errno.EEXIST, "already exists", p)
     rows = _tensor_rows(tensors, plaintext)
@@ -331,16 +381,24 @@ def _open(
     expect_metadata: Mapping[str, str] | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
     what: str = "this function",
-) -> _core.Reader:
+    storage_options: StorageOptions = None,
+) -> Reader:
     """Opens and authenticates ``path`` (MAC, and the signature when ``verify_with`` is
     given), then checks the ``expect_metadata`` pins. ``what`` names the caller in the error
-    for a sharded checkpoint's index."""
+    for a sharded checkpoint's index. A URL is opened through fsspec with
+    ``storage_options``."""
     p = _file_name(path)
-    fmt = _index_format(p)
+    fmt = _index_format(p, storage_options)
     if fmt is not None:
         raise _not_one_file(p, fmt, what)
     return _open_file(
-        p, key, passphrase, verify_with, expect_metadata=expect_metadata, max_scrypt_log_n=max_scrypt_log_n
+        p,
+        key,
+        passphrase,
+        verify_with,
+        expect_metadata=expect_metadata,
+        max_scrypt_log_n=max_scrypt_log_n,
+        storage_options=storage_options,
     )
 
 
@@ -352,13 +410,24 @@ def _open_file(
     *,
     expect_metadata: Mapping[str, str] | None,
     max_scrypt_log_n: int,
-) -> _core.Reader:
+    storage_options: StorageOptions = None,
+) -> Reader:
     """:func:`_open` of a file name already known not to be a directory or an index."""
     pins = check_expect_metadata(expect_metadata)
     cap = check_max_scrypt_log_n(max_scrypt_log_n)
     verify_key = verify_bytes(verify_with)
-    how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_file(p)))
-    reader = _core.Reader(p, **how, verify_key=verify_key, max_scrypt_log_n=cap)
+    reader: Reader
+    if is_url(p):
+        reader = open_reader(
+            p,
+            storage_options,
+            lambda stanzas: opener(key, passphrase, stanzas),
+            verify_key=verify_key,
+            max_scrypt_log_n=cap,
+        )
+    else:
+        how = opener(key, passphrase, lambda: _stanza_list(_core.inspect_file(p)))
+        reader = _core.Reader(p, **how, verify_key=verify_key, max_scrypt_log_n=cap)
     check_pinned_metadata(reader.metadata(), pins, p)
     return reader
 
@@ -371,14 +440,15 @@ def _open_readers(
     *,
     expect_metadata: Mapping[str, str] | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
-) -> tuple[list[_core.Reader], bool]:
+    storage_options: StorageOptions = None,
+) -> tuple[list[Reader], bool]:
     """Opens and authenticates ``path``: an enctensor file (one reader; ``False``) or the
     index of an encrypted sharded checkpoint (a reader per shard, in set order, after the set
     was checked to be whole, see :func:`enctensor._sharded.open_set`; ``True``). The arguments
     are those of :func:`_open` and apply to every shard; a directory or an index of
     unencrypted shards is refused as :func:`_open` refuses it."""
     p = _file_name(path)
-    fmt = _index_format(p)
+    fmt = _index_format(p, storage_options)
     if fmt == "enctensor-index":
         from ._sharded import open_set
 
@@ -389,12 +459,19 @@ def _open_readers(
             verify_with=verify_with,
             expect_metadata=expect_metadata,
             max_scrypt_log_n=max_scrypt_log_n,
+            storage_options=storage_options,
         )
         return [reader for _, reader in shards], True
     if fmt is not None:
         raise _not_one_file(p, fmt, "this function")
     reader = _open_file(
-        p, key, passphrase, verify_with, expect_metadata=expect_metadata, max_scrypt_log_n=max_scrypt_log_n
+        p,
+        key,
+        passphrase,
+        verify_with,
+        expect_metadata=expect_metadata,
+        max_scrypt_log_n=max_scrypt_log_n,
+        storage_options=storage_options,
     )
     return [reader], False
 
@@ -418,7 +495,7 @@ def _open_bytes(
     return reader
 
 
-def read_all(reader: _core.Reader) -> dict[str, np.ndarray]:
+def read_all(reader: Reader) -> dict[str, np.ndarray]:
     """Decrypts every tensor of an opened file, all chunks in parallel, into fresh arrays."""
     rows = reader.tensors()
     bufs = destinations([nbytes for (_, _, _, _, nbytes) in rows])
@@ -429,7 +506,7 @@ def read_all(reader: _core.Reader) -> dict[str, np.ndarray]:
     }
 
 
-def read_readers(readers: Iterable[_core.Reader]) -> dict[str, np.ndarray]:
+def read_readers(readers: Iterable[Reader]) -> dict[str, np.ndarray]:
     """:func:`read_all` of each reader in turn (the shards of a set), in one dict."""
     out: dict[str, np.ndarray] = {}
     for reader in readers:
@@ -445,6 +522,7 @@ def load(
     verify_with: VerifyKey | None = None,
     expect_metadata: Mapping[str, str] | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+    storage_options: StorageOptions = None,
 ) -> dict[str, np.ndarray]:
     """Decrypts and verifies every tensor of ``path`` into numpy arrays (file order).
 
@@ -468,6 +546,11 @@ def load(
     :func:`enctensor.load_sharded`, which checks first that the set is whole (a missing,
     extra, swapped or mixed-in shard is an :class:`IntegrityError`) and applies these
     arguments to every shard. A directory is an :class:`IsADirectoryError` saying so.
+
+    ``path`` may be a URL (``s3://bucket/model.enct``, ``https://...``, any scheme fsspec
+    has a filesystem for; ``storage_options`` are that filesystem's options, as in pandas):
+    the header and tables are fetched in at most two ranged requests, then the chunks in
+    parallel ranged requests, each decrypted as it arrives (README, "Remote files").
     """
     readers, _ = _open_readers(
         path,
@@ -476,6 +559,7 @@ def load(
         verify_with,
         expect_metadata=expect_metadata,
         max_scrypt_log_n=max_scrypt_log_n,
+        storage_options=storage_options,
     )
     return read_readers(readers)
 
@@ -510,6 +594,7 @@ def verify(
     verify_with: VerifyKey | None = None,
     expect_metadata: Mapping[str, str] | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Checks the header MAC and every chunk of ``path`` (and, with ``verify_with``, the
     publisher signature and every chunk digest) without keeping any plaintext; raises
@@ -525,6 +610,7 @@ def verify(
         expect_metadata=expect_metadata,
         max_scrypt_log_n=max_scrypt_log_n,
         what="enctensor.verify",
+        storage_options=storage_options,
     ).verify()
 
 
@@ -545,17 +631,19 @@ def _inspection(info: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def inspect(path: PathLike) -> dict[str, Any]:
+def inspect(path: PathLike, *, storage_options: StorageOptions = None) -> dict[str, Any]:
     """Names, dtypes, shapes, metadata and stanza types of ``path``, read without a key.
 
     Nothing returned is authenticated: only a load with the key proves the header genuine.
     A directory is an :class:`IsADirectoryError`, the index of a sharded checkpoint a
-    :class:`FormatError` (inspect its shards).
+    :class:`FormatError` (inspect its shards). A URL reads only the header and tables.
     """
     p = _file_name(path)
-    fmt = _index_format(p)
+    fmt = _index_format(p, storage_options)
     if fmt is not None:
         raise _not_one_file(p, fmt, "enctensor.inspect")
+    if is_url(p):
+        return _inspection(inspect_url(p, storage_options))
     return _inspection(_core.inspect_file(p))
 
 
@@ -834,7 +922,11 @@ class safe_open:
     ``keys()`` then lists the tensors of all shards (set order, then file order), ``get_tensor``
     and ``get_slice`` read from whichever shard holds the tensor, and ``metadata()`` holds the
     entries that every shard has with the same value (each shard's own ``enctensor.shard``
-    entry, which differs between shards, is left out)."""
+    entry, which differs between shards, is left out).
+
+    ``path`` may be a URL (``storage_options`` as for :func:`load`): opening it fetches the
+    header and tables; ``get_tensor`` and ``get_slice(...)[...]`` then fetch only the chunks
+    they need (a slice of 1 % of a file fetches about 1 % of it)."""
 
     def __init__(
         self,
@@ -847,6 +939,7 @@ class safe_open:
         verify_with: VerifyKey | None = None,
         expect_metadata: Mapping[str, str] | None = None,
         max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+        storage_options: StorageOptions = None,
     ) -> None:
         self._convert = converter(framework, device)
         readers, is_set = _open_readers(
@@ -856,8 +949,9 @@ class safe_open:
             verify_with,
             expect_metadata=expect_metadata,
             max_scrypt_log_n=max_scrypt_log_n,
+            storage_options=storage_options,
         )
-        self._readers: list[_core.Reader] | None = readers
+        self._readers: list[Reader] | None = readers
         # name -> ((file position, tensor index), tensors() row); a set's shards hold disjoint
         # names (open_set checked that the index maps every tensor to the one shard holding it).
         self._rows = {
@@ -883,7 +977,7 @@ class safe_open:
     def close(self) -> None:
         self._readers = None
 
-    def _reader_or_raise(self, file: int = 0) -> _core.Reader:
+    def _reader_or_raise(self, file: int = 0) -> Reader:
         if self._readers is None:
             raise ValueError("this enctensor file is closed")
         return self._readers[file]

@@ -13,6 +13,8 @@ __all__ = [
     "_set_read_mode",
     "inspect_bytes",
     "inspect_file",
+    "inspect_front",
+    "prefix_len",
     "recipient_fingerprint",
     "rekey",
     "stanzas_of",
@@ -57,6 +59,24 @@ class Reader:
         verify_key: bytes | None = None,
         max_scrypt_log_n: int = 18,
     ) -> Reader: ...
+    @staticmethod
+    def from_front(
+        front: bytes,
+        file_len: int,
+        name: str,
+        *,
+        key: bytes | None = None,
+        passphrase: str | None = None,
+        x25519: bytes | None = None,
+        rsa_pkcs8: bytes | None = None,
+        file_key: bytes | None = None,
+        verify_key: bytes | None = None,
+        max_scrypt_log_n: int = 18,
+    ) -> Reader: ...
+    def span(self, index: int, start: int, end: int) -> tuple[int, int]: ...
+    def read_range_from(self, index: int, start: int, dst: Buffer, at: int, data: bytes) -> None: ...
+    @property
+    def name(self) -> str: ...
     def tensors(self) -> list[_TensorRow]: ...
     @property
     def chunk_size(self) -> int: ...
@@ -69,6 +89,8 @@ class Reader:
 
 def inspect_file(path: str | PathLike[str]) -> _Inspection: ...
 def inspect_bytes(data: bytes) -> _Inspection: ...
+def inspect_front(front: bytes, file_len: int) -> _Inspection: ...
+def prefix_len(head: bytes, file_len: int) -> int: ...
 def write_file(
     path: str | PathLike[str],
     tensors: Sequence[_TensorIn],

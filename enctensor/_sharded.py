@@ -30,8 +30,8 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from . import _core
-from ._api import DEFAULT_MAX_SCRYPT_LOG_N, _open, read_readers
+from ._api import DEFAULT_MAX_SCRYPT_LOG_N, Reader, _open, read_readers
+from ._remote import UrlPath, as_path
 from .errors import IntegrityError
 
 PathLike = str | os.PathLike[str]
@@ -155,7 +155,7 @@ def check_expected_checkpoint(expect_checkpoint: str | None) -> str | None:
 def bind(
     index_path: PathLike,
     listed: Mapping[str, Sequence[str]],
-    open_shard: Callable[[Path], Any],
+    open_shard: Callable[[Any], Any],  # given a Path, or a UrlPath for a URL index
     *,
     expect_checkpoint: str | None = None,
 ) -> list[tuple[str, Any]]:
@@ -174,13 +174,13 @@ def bind(
     the index; the index maps every tensor of each shard to that shard and nothing else to
     it.
     """
-    index_path = Path(index_path)
+    index_path = as_path(index_path)
     pinned = check_expected_checkpoint(expect_checkpoint)
     if not listed:
         raise _fail(index_path, "the index maps no tensor to any shard: no shard of the checkpoint is listed")
     directory = index_path.parent
 
-    def shard_path(name: str) -> Path:
+    def shard_path(name: str) -> Path | UrlPath:
         return directory / name
 
     # Where to start: the first shard of the index that is there. Everything else is checked
@@ -253,7 +253,9 @@ def bind(
     return readers
 
 
-def _check_tensors(index_path: Path, path: Path, listed: Sequence[str], held: Sequence[str]) -> None:
+def _check_tensors(
+    index_path: Path | UrlPath, path: Path | UrlPath, listed: Sequence[str], held: Sequence[str]
+) -> None:
     listed_set, held_set = set(listed), set(held)
     absent = [t for t in listed if t not in held_set]
     if absent:
@@ -281,17 +283,19 @@ def open_set(
     expect_metadata: Mapping[str, str] | None = None,
     expect_checkpoint: str | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
-) -> list[tuple[str, _core.Reader]]:
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[tuple[str, Reader]]:
     """Opens and authenticates every shard of the sharded checkpoint whose encrypted index is
     ``index_path`` and checks that they are one whole set (:func:`bind`); returns ``(shard
     file name, reader)`` in set order. The arguments are those of :func:`load_sharded`; no
-    tensor is decrypted."""
+    tensor is decrypted. A URL index names shards at URLs next to it (``storage_options`` as
+    for :func:`enctensor.load`)."""
     from .convert.sharded import read_index
 
     pinned = check_expected_checkpoint(expect_checkpoint)
-    index = read_index(index_path)
+    index = read_index(index_path, storage_options)
 
-    def open_shard(path: Path) -> _core.Reader:
+    def open_shard(path: Path | UrlPath) -> Reader:
         try:
             return _open(
                 path,
@@ -300,6 +304,7 @@ def open_set(
                 verify_with,
                 expect_metadata=expect_metadata,
                 max_scrypt_log_n=max_scrypt_log_n,
+                storage_options=storage_options,
             )
         except BaseException as e:
             if getattr(e, "enctensor_path", None) is None:
@@ -330,6 +335,7 @@ def load_sharded(
     expect_metadata: Mapping[str, str] | None = None,
     expect_checkpoint: str | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Decrypts and verifies every tensor of the sharded checkpoint whose encrypted index is
     ``index_path`` (``*.enct.index.json``, shards next to it) into numpy arrays, shard by
@@ -351,6 +357,7 @@ def load_sharded(
         expect_metadata=expect_metadata,
         expect_checkpoint=expect_checkpoint,
         max_scrypt_log_n=max_scrypt_log_n,
+        storage_options=storage_options,
     )
     return read_readers([reader for _, reader in readers])
 

@@ -7,6 +7,8 @@ __all__ = [
     "EncTensorError",
     "FormatError",
     "IntegrityError",
+    "ObjectChangedError",
+    "RemoteReadError",
     "SignatureError",
     "TensorNotFoundError",
     "WrongKeyError",
@@ -34,6 +36,16 @@ class IntegrityError(EncTensorError):
 class SignatureError(IntegrityError):
     """A verification key was given, and the file's publisher signature is missing or does
     not verify under it."""
+
+
+class ObjectChangedError(IntegrityError):
+    """A remote file was replaced (or removed) between the requests of one open or read: the
+    bytes fetched last do not belong to the file authenticated first. Open it again."""
+
+
+class RemoteReadError(OSError):
+    """A request for a remote file kept failing (server errors, timeouts, dropped or short
+    responses) after every retry. The message names the URL and the byte range."""
 
 
 class TensorNotFoundError(EncTensorError, KeyError):

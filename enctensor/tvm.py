@@ -34,7 +34,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
 
 from pathlib import Path
 
-from . import _api, _core
+from . import _api
 from ._alloc import aligned_empty, small_destinations
 from ._api import DEFAULT_MAX_SCRYPT_LOG_N
 from ._dtypes import numpy_dtype
@@ -89,7 +89,7 @@ def _bytes_of(t: tvm.runtime.Tensor, nbytes: int) -> np.ndarray:
     return np.from_dlpack(t._create_view((nbytes,), "uint8"))
 
 
-def _read_all(reader: _core.Reader, device: Any) -> dict[str, tvm.runtime.Tensor]:
+def _read_all(reader: _api.Reader, device: Any) -> dict[str, tvm.runtime.Tensor]:
     rows = reader.tensors()
     # Large tensors: TVM allocates each one (64-byte aligned, plain pages) and the core
     # decrypts straight into it: measured 3-6x faster on first touch than adopting numpy's
@@ -123,6 +123,7 @@ def load(
     verify_with: VerifyKey | None = None,
     expect_metadata: Mapping[str, str] | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, tvm.runtime.Tensor]:
     """Decrypts and verifies every tensor of ``path`` into ``tvm.runtime.Tensor``s (file order).
 
@@ -132,6 +133,7 @@ def load(
     :func:`enctensor.load`.
     Raises :class:`enctensor.WrongKeyError` if the key does not open the file and
     :class:`enctensor.IntegrityError` if any byte was modified.
+    ``path`` may be a URL (``storage_options`` as for :func:`enctensor.load`).
     """
     reader = _api._open(
         path,
@@ -140,6 +142,7 @@ def load(
         verify_with,
         expect_metadata=expect_metadata,
         max_scrypt_log_n=max_scrypt_log_n,
+        storage_options=storage_options,
     )
     return _read_all(reader, device)
 
@@ -235,7 +238,7 @@ def load_tensor_cache(
     checkpoint id (see :func:`enctensor.load_sharded`).
     """
 
-    def open_shard(shard: Path) -> _core.Reader:
+    def open_shard(shard: Path) -> _api.Reader:
         with about(shard):
             return _api._open(
                 shard,

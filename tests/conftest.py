@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+# The loopback S3 and HTTP servers of the remote-file tests, as fixtures every test module sees.
+from remote_servers import http_server, s3_bucket, s3_server  # noqa: F401
+
 settings.register_profile("ci", max_examples=60, deadline=None)
 settings.register_profile("dev", max_examples=20, deadline=None)
 settings.load_profile("ci")

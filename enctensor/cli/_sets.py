@@ -93,7 +93,7 @@ def inspect_set(index_path: str) -> SetReport:
     shards: list[ShardReport] = []
     checkpoints: dict[str, None] = {}
     for name, tensors in index.shards.items():
-        path = index.shard_path(name)
+        path = Path(index.shard_path(name))
         info: dict[str, Any] | None = None
         error: str | None = None
         try:
@@ -110,5 +110,5 @@ def inspect_set(index_path: str) -> SetReport:
     try:
         bind(index.path, index.shards, lambda p: _Header(api.inspect(p)))
     except (OSError, ValueError) as e:
-        problem = _reason(e, index.path)
+        problem = _reason(e, Path(index.path))
     return SetReport(index_path, shards, list(checkpoints), problem)

@@ -590,7 +590,7 @@ def _encrypt_set(
 
         def encrypt_shard(tmp: Path, entry: str) -> int:
             return _encrypt_safetensors(
-                index.shard_path(shard),
+                Path(index.shard_path(shard)),
                 tmp,
                 secret,
                 [(SHARD_KEY, entry), *extra_metadata(name)],

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import _core
+from .._remote import UrlPath, as_path, is_url, open_remote
 from .._sharded import SHARD_KEY, bind, entry_text, is_plain_name, new_checkpoint
 from . import safetensors as st
 from ._common import (
@@ -65,12 +66,12 @@ LAYOUTS: tuple[Layout, ...] = ((2, "\n"), (2, ""), (4, "\n"), (4, ""), (None, ""
 
 @dataclass(frozen=True)
 class Index:
-    path: Path
+    path: Path | UrlPath
     obj: dict[str, Any]
     shards: dict[str, list[str]]  # shard file name -> tensor names, in index order
     layout: Layout = LAYOUTS[0]
 
-    def shard_path(self, shard: str) -> Path:
+    def shard_path(self, shard: str) -> Path | UrlPath:
         return self.path.parent / shard
 
 
@@ -83,11 +84,23 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def read_json(path: PathLike, what: str = "checkpoint index") -> tuple[bytes, Any]:
+def _read_limited(path: PathLike, storage_options: Mapping[str, Any] | None) -> bytes:
+    """At most ``MAX_INDEX_LEN + 1`` bytes of ``path``, a local file or a URL."""
+    if is_url(os.fspath(path)):
+        remote = open_remote(os.fspath(path), storage_options)
+        return remote.fetch(0, min(remote.size, MAX_INDEX_LEN + 1))
+    with open(path, "rb") as f:
+        return f.read(MAX_INDEX_LEN + 1)
+
+
+def read_json(
+    path: PathLike, what: str = "checkpoint index", storage_options: Mapping[str, Any] | None = None
+) -> tuple[bytes, Any]:
     """The bytes of the JSON file ``path`` (``what`` it should be, for messages; at most
-    ``MAX_INDEX_LEN`` bytes) and their parsed value (duplicate member names refused)."""
-    with about(path), open(path, "rb") as f:
-        raw = f.read(MAX_INDEX_LEN + 1)
+    ``MAX_INDEX_LEN`` bytes) and their parsed value (duplicate member names refused). ``path``
+    may be a URL (fsspec, with ``storage_options``)."""
+    with about(path):
+        raw = _read_limited(path, storage_options)
         if len(raw) > MAX_INDEX_LEN:
             raise InputFormatError(f"{path}: too large for a {what}")
         try:
@@ -110,9 +123,10 @@ def safe_name(path: PathLike, name: object) -> str:
     return name
 
 
-def read_index(path: PathLike) -> Index:
-    """Parses and checks a sharded checkpoint index."""
-    raw, obj = read_json(path)
+def read_index(path: PathLike, storage_options: Mapping[str, Any] | None = None) -> Index:
+    """Parses and checks a sharded checkpoint index (a local file, or a URL whose shards are
+    URLs next to it)."""
+    raw, obj = read_json(path, storage_options=storage_options)
     with about(path):
         if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
             raise InputFormatError(f"{path}: not a checkpoint index: no weight_map object")
@@ -120,7 +134,7 @@ def read_index(path: PathLike) -> Index:
         for tensor, shard in obj["weight_map"].items():
             shards.setdefault(safe_name(path, shard), []).append(tensor)
         layout = next((lay for lay in LAYOUTS if dump_index(obj, lay) == raw), LAYOUTS[0])
-        return Index(Path(path), obj, shards, layout)
+        return Index(as_path(path), obj, shards, layout)
 
 
 def dump_index(obj: dict[str, Any], layout: Layout = LAYOUTS[0]) -> bytes:
@@ -241,7 +255,7 @@ def encrypt(
 
         def encrypt_shard(tmp: Path, entry: str) -> int:
             header = _encrypt_shard(
-                index.shard_path(shard),
+                Path(index.shard_path(shard)),
                 tmp,
                 secret,
                 entry,
@@ -287,7 +301,7 @@ def set_credentials(src: PathLike, secret: Secret) -> list[tuple[Path, dict[str,
         return reader
 
     readers = bind(src, index.shards, open_shard)
-    return [(index.shard_path(name), creds[name]) for name, _ in readers]
+    return [(Path(index.shard_path(name)), creds[name]) for name, _ in readers]
 
 
 class _Unbound:

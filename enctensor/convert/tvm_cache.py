@@ -415,8 +415,8 @@ def stored_cache(index_path: Path, readers: list[tuple[str, _core.Reader]]) -> C
 
 
 def open_cache(
-    index_path: PathLike, open_shard: Callable[[Path], _core.Reader], *, expect_checkpoint: str | None = None
-) -> tuple[Cache, list[tuple[str, _core.Reader]]]:
+    index_path: PathLike, open_shard: Callable[[Path], Any], *, expect_checkpoint: str | None = None
+) -> tuple[Cache, list[tuple[str, Any]]]:
     """Opens (``open_shard`` authenticates each file) and binds the encrypted set of a cache
     given by its index, and returns the cache it stores and the readers, in shard order."""
     index_path = Path(index_path)

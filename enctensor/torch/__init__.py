@@ -26,7 +26,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
         "enctensor.torch needs PyTorch, which is not installed: pip install '.[torch]' (from a clone of enctensor)"
     ) from e
 
-from .. import _api, _core
+from .. import _api
 from .._alloc import small_destinations
 from .._api import DEFAULT_MAX_SCRYPT_LOG_N
 from .._dtypes import numpy_dtype
@@ -320,7 +320,7 @@ def _pinned_batch(
     return [(i, pinned[o : o + rows[i][4]]) for i, o in zip(batch, offsets, strict=True)]
 
 
-def _read_all(reader: _core.Reader, device: Device) -> dict[str, torch.Tensor]:
+def _read_all(reader: _api.Reader, device: Device) -> dict[str, torch.Tensor]:
     dev = _to_device(device)
     rows = reader.tensors()
     dtypes = [_torch_dtype(name, dtype) for name, dtype, *_ in rows]
@@ -366,6 +366,7 @@ def load_file(
     verify_with: VerifyKey | None = None,
     expect_metadata: Mapping[str, str] | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Decrypts and verifies every tensor of ``path`` into new torch tensors (file order),
     like ``safetensors.torch.load_file``.
@@ -378,6 +379,7 @@ def load_file(
     the index of an encrypted sharded checkpoint (``*.enct.index.json``): the tensors of all
     its shards are returned, after the set was checked to be whole, as :func:`enctensor.load`
     does.
+    ``path`` may be a URL (``storage_options`` as for :func:`enctensor.load`).
     """
     readers, _ = _api._open_readers(
         path,
@@ -386,6 +388,7 @@ def load_file(
         verify_with,
         expect_metadata=expect_metadata,
         max_scrypt_log_n=max_scrypt_log_n,
+        storage_options=storage_options,
     )
     out: dict[str, torch.Tensor] = {}
     for reader in readers:
@@ -429,6 +432,7 @@ def load_model(
     verify_with: VerifyKey | None = None,
     expect_metadata: Mapping[str, str] | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Decrypts ``path`` straight into the storage of ``model``'s parameters and buffers, like
     ``safetensors.torch.load_model``, and returns ``(missing, unexpected)``.
@@ -452,6 +456,7 @@ def load_model(
     zeroed (those of shards already read too), so no unverified plaintext stays in the model.
     ``key``, ``passphrase``, ``verify_with``, ``expect_metadata`` and ``max_scrypt_log_n`` are
     those of :func:`enctensor.load`.
+    ``path`` may be a URL (``storage_options`` as for :func:`enctensor.load`).
     """
     readers, _ = _api._open_readers(
         path,
@@ -460,6 +465,7 @@ def load_model(
         verify_with,
         expect_metadata=expect_metadata,
         max_scrypt_log_n=max_scrypt_log_n,
+        storage_options=storage_options,
     )
     return fill_model(model, readers, strict=strict)
 
@@ -470,7 +476,7 @@ Where = tuple[int, int]
 
 def fill_model(
     model: torch.nn.Module,
-    readers: list[_core.Reader],
+    readers: list[_api.Reader],
     *,
     strict: bool = True,
     names: Mapping[str, str] | None = None,
@@ -550,7 +556,7 @@ def _in_place(t: torch.Tensor, row: tuple[str, str, list[int], bool, int]) -> bo
 
 
 def _fill_from(
-    reader: _core.Reader,
+    reader: _api.Reader,
     rows: list[tuple[str, str, list[int], bool, int]],
     targets: list[tuple[int, torch.Tensor]],
 ) -> None:

@@ -33,7 +33,7 @@ import os
 import pickle
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -62,7 +62,7 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from .. import _api, _core
+from .. import _api
 from .._api import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_SCRYPT_LOG_N, DEFAULT_SCRYPT_LOG_N
 from .._dtypes import numpy_dtype
 from .._keys import (
@@ -75,6 +75,7 @@ from .._keys import (
     check_passphrase,
     verify_bytes,
 )
+from .._remote import UrlPath, as_path, url_filesystem
 from .._sharded import (
     SHARD_KEY,
     ShardEntry,
@@ -152,16 +153,23 @@ class _SetPart:
 class _Directory:
     """What both backends share: the checkpoint directory, which ``reset`` may change."""
 
-    path: Path
+    path: Path | UrlPath
+    #: fsspec's options when ``path`` is a URL.
+    _storage_options: Mapping[str, Any] | None = None
 
     @property
-    def checkpoint_id(self) -> Path:
+    def checkpoint_id(self) -> Path | UrlPath:
         return self.path
 
     def reset(self, checkpoint_id: PathLike | None = None) -> None:
         if checkpoint_id:
-            self.path = Path(checkpoint_id)
+            self.path = as_path(checkpoint_id)
         self._restart()
+
+    def _exists(self, path: Path | UrlPath) -> bool:
+        if isinstance(path, UrlPath):
+            return bool(url_filesystem(os.fspath(path), self._storage_options)[0].exists(os.fspath(path)))
+        return path.exists()
 
     def _restart(self) -> None:
         """Forgets the previous save or load."""
@@ -196,6 +204,7 @@ class EncWriter(_Directory, StorageWriter):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
         overwrite: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(overwrite, bool):
@@ -203,7 +212,8 @@ class EncWriter(_Directory, StorageWriter):
         key, recipients = _as_list(key), _as_list(recipients)
         # Checked now, before any collective, rather than on every rank in the middle of a save.
         _api._write_args(key, passphrase, recipients, sign_with, None, chunk_size, scrypt_log_n)
-        self.path = Path(path)
+        self.path = as_path(path)
+        self._storage_options = storage_options
         self._save_options: dict[str, Any] = {
             "key": key,
             "passphrase": passphrase,
@@ -211,6 +221,7 @@ class EncWriter(_Directory, StorageWriter):
             "sign_with": sign_with,
             "chunk_size": chunk_size,
             "scrypt_log_n": scrypt_log_n,
+            "storage_options": storage_options,
         }
         self._overwrite = overwrite
         self._restart()
@@ -240,8 +251,9 @@ class EncWriter(_Directory, StorageWriter):
         return StorageMeta(checkpoint_id=os.fspath(self.path), save_id=self._save_id)
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
-        self.path.mkdir(parents=True, exist_ok=True)
-        if not self._overwrite and (self.path / METADATA_FILE).exists():
+        if isinstance(self.path, Path):  # object stores have no directories to make
+            self.path.mkdir(parents=True, exist_ok=True)
+        if not self._overwrite and self._exists(self.path / METADATA_FILE):
             raise FileExistsError(
                 f"{self.path} already holds a checkpoint ({METADATA_FILE}); choose another directory or"
                 " pass overwrite=True"
@@ -390,11 +402,13 @@ class EncReader(_Directory, StorageReader):
         expect_checkpoint: str | None = None,
         max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
         safe_globals: Iterable[Any] = (),
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if (key is None) == (check_passphrase(passphrase) is None):
             raise ValueError("give either a key or a passphrase to open the checkpoint")
-        self.path = Path(path)
+        self.path = as_path(path)
+        self._storage_options = storage_options
         self._key = key
         self._passphrase = passphrase
         self._verify_key = verify_bytes(verify_with)
@@ -416,7 +430,7 @@ class EncReader(_Directory, StorageReader):
         signed = ", verify_with" if self._verify_key is not None else ""
         return f"EncReader({os.fspath(self.path)!r}, {how}{signed})"
 
-    def _open(self, path: Path) -> _core.Reader:
+    def _open(self, path: Path | UrlPath) -> _api.Reader:
         return _api._open_file(
             os.fspath(path),
             self._key,
@@ -424,6 +438,7 @@ class EncReader(_Directory, StorageReader):
             self._verify_key,
             expect_metadata=None,
             max_scrypt_log_n=self._max_scrypt_log_n,
+            storage_options=self._storage_options,
         )
 
     # -- metadata --------------------------------------------------------------------------
@@ -475,7 +490,7 @@ class EncReader(_Directory, StorageReader):
         self._entry, self._metadata_header = entry, _Header.of(reader)
         return metadata
 
-    def _unpickle(self, path: Path, data: bytearray) -> Metadata:
+    def _unpickle(self, path: Path | UrlPath, data: bytearray) -> Metadata:
         """DCP's metadata through torch's weights-only unpickler: anyone who knows a recipient's
         public key can write a file that opens, so the bytes are not trusted to run code."""
         try:
@@ -564,7 +579,7 @@ class EncReader(_Directory, StorageReader):
         for file, name in self._locations.values():
             listed.setdefault(file, []).append(name)
 
-        def open_file(path: Path) -> _Header:
+        def open_file(path: Path | UrlPath) -> _Header:
             if path.name == METADATA_FILE and self._metadata_header is not None:
                 return self._metadata_header
             # Only the header is kept: one open file at a time, however many ranks wrote.
@@ -582,7 +597,7 @@ class EncReader(_Directory, StorageReader):
             self._read_file(self._open_member(file), file, items, planner)
         return _done(None)
 
-    def _open_member(self, file: str) -> _core.Reader:
+    def _open_member(self, file: str) -> _api.Reader:
         """Opens a file of the set and checks its entry against the metadata's: the
         coordinator checked the set, but the file may have been replaced since."""
         assert self._entry is not None
@@ -610,9 +625,7 @@ class EncReader(_Directory, StorageReader):
             )
         return reader
 
-    def _read_file(
-        self, reader: _core.Reader, file: str, items: list[ReadItem], planner: LoadPlanner
-    ) -> None:
+    def _read_file(self, reader: _api.Reader, file: str, items: list[ReadItem], planner: LoadPlanner) -> None:
         rows = {row[0]: (i, row[4]) for i, row in enumerate(reader.tensors())}
         whole: list[_Job] = []
         done: list[tuple[ReadItem, torch.Tensor]] = []
@@ -678,7 +691,7 @@ class _Header:
     rows: list[tuple[str, str, list[int], bool, int]]
 
     @classmethod
-    def of(cls, reader: _core.Reader) -> _Header:
+    def of(cls, reader: _api.Reader) -> _Header:
         return cls(reader.metadata(), reader.tensors())
 
     def metadata(self) -> list[tuple[str, str]]:
@@ -688,7 +701,7 @@ class _Header:
         return self.rows
 
 
-def _no_chunk(path: Path, index: MetadataIndex) -> NoReturn:
+def _no_chunk(path: Path | UrlPath, index: MetadataIndex) -> NoReturn:
     raise FormatError(
         f"{path}: the metadata has no chunk of {index.fqn!r} at offsets {list(index.offset or ())}"
     )
@@ -734,7 +747,7 @@ class _Box:
             return None
         return self.first()
 
-    def read_staged(self, reader: _core.Reader, index: int, nbytes: int, dest: torch.Tensor) -> None:
+    def read_staged(self, reader: _api.Reader, index: int, nbytes: int, dest: torch.Tensor) -> None:
         """Decrypts the chunks under the box, a block of rows at a time (at most about
         ``_STAGING_BYTES``, at least one row), and copies the box out of them into ``dest``
         (any device, dtype or layout)."""

@@ -830,33 +830,98 @@ pub fn parse_header(json: &[u8], pre: &Preamble, file_len: u64) -> Result<Header
 /// Checks that every byte the layout leaves as padding is zero: after the tables and
 /// between tensors. `file` is the whole file.
 pub fn check_padding(header: &Header, file: &[u8]) -> Result<()> {
-    let tables_end = header.tables_end() as usize;
-    if file[tables_end..header.data_offset as usize]
+    check_table_padding(header, file)?;
+    let base = header.data_offset as usize;
+    for (i, pair) in header.tensors.windows(2).enumerate() {
+        let gap = &file[base + pair[0].end as usize..base + pair[1].begin as usize];
+        check_gap(header, i, gap)?;
+    }
+    Ok(())
+}
+
+/// Checks the padding between the tables and the data; `front` holds at least the first
+/// `data_offset` bytes of the file.
+fn check_table_padding(header: &Header, front: &[u8]) -> Result<()> {
+    if front[header.tables_end() as usize..header.data_offset as usize]
         .iter()
         .any(|&b| b != 0)
     {
         return fail("the padding between the tables and the data is not all zero");
     }
-    let base = header.data_offset as usize;
-    for pair in header.tensors.windows(2) {
-        let gap = &file[base + pair[0].end as usize..base + pair[1].begin as usize];
-        if gap.iter().any(|&b| b != 0) {
-            return fail(format!(
-                "the padding before tensor {:?} is not all zero",
-                pair[1].name
-            ));
-        }
-    }
     Ok(())
+}
+
+/// The file range of the padding after tensor `i` (up to the next tensor; empty after the
+/// last one).
+pub fn gap_after(header: &Header, i: usize) -> (u64, u64) {
+    let base = header.data_offset;
+    let end = header.tensors[i].end;
+    let next = header.tensors.get(i + 1).map_or(end, |t| t.begin);
+    (base + end, base + next)
+}
+
+/// Checks that `gap`, the padding after tensor `i`, is all zero.
+pub fn check_gap(header: &Header, i: usize, gap: &[u8]) -> Result<()> {
+    match header.tensors.get(i + 1) {
+        Some(next) if gap.iter().any(|&b| b != 0) => fail(format!(
+            "the padding before tensor {:?} is not all zero",
+            next.name
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Parses and validates everything that can be checked without a key.
 pub fn parse_file(file: &[u8]) -> Result<Header> {
-    let file_len = file.len() as u64;
-    let pre = parse_preamble(file, file_len)?;
+    let header = parse_front(file, file.len() as u64)?;
+    check_padding(&header, file)?;
+    Ok(header)
+}
+
+/// Parses and validates what lies before the tensor data of a file of `file_len` bytes from
+/// `front`, its first `data_offset` bytes (or more): a file read by ranges (a remote file).
+/// The padding between tensors is not in `front`; a ranged reader checks each gap it fetches
+/// ([`gap_after`], [`check_gap`]).
+pub fn parse_prefix(front: &[u8], file_len: u64) -> Result<Header> {
+    let pre = parse_preamble(front, file_len)?;
+    if (front.len() as u64) < pre.data_offset.min(file_len) {
+        return Err(Error::InvalidArgument(format!(
+            "the first {} bytes of the file are needed to open it, {} were given",
+            pre.data_offset.min(file_len),
+            front.len()
+        )));
+    }
+    let header = parse_front(front, file_len)?;
+    Ok(header)
+}
+
+/// How many bytes from the start of a file of `file_len` bytes [`parse_prefix`] needs:
+/// `data_offset`, read from the preamble at the start of `head` (checked against the file
+/// length, so a hostile preamble cannot ask for more than the file).
+pub fn prefix_len(head: &[u8], file_len: u64) -> Result<u64> {
+    let pre = parse_preamble(head, file_len)?;
+    if pre.data_offset > file_len {
+        return fail(format!(
+            "data offset {} is past the end of the {file_len}-byte file (truncated file?)",
+            pre.data_offset
+        ));
+    }
+    Ok(pre.data_offset)
+}
+
+/// The preamble, stanza area and header of a file of `file_len` bytes, from `front` (which
+/// holds at least its first `data_offset` bytes), with the padding before the data checked.
+fn parse_front(front: &[u8], file_len: u64) -> Result<Header> {
+    let pre = parse_preamble(front, file_len)?;
     let area_end = (PREAMBLE_LEN + pre.stanza_area_len) as usize;
-    let (stanzas, signature) = parse_stanza_area(&file[PREAMBLE_LEN as usize..area_end])?;
-    let json = &file[area_end..area_end + pre.header_len as usize];
+    if front.len() < area_end + pre.header_len as usize {
+        return fail(format!(
+            "the stanza area and header run past the first {} bytes of the file",
+            front.len()
+        ));
+    }
+    let (stanzas, signature) = parse_stanza_area(&front[PREAMBLE_LEN as usize..area_end])?;
+    let json = &front[area_end..area_end + pre.header_len as usize];
     let mut header = parse_header(json, &pre, file_len)?;
     if signature.is_some() && !header.chunk_digest {
         return fail(format!(
@@ -866,7 +931,13 @@ pub fn parse_file(file: &[u8]) -> Result<Header> {
     }
     header.stanzas = stanzas;
     header.signature = signature;
-    check_padding(&header, file)?;
+    if (front.len() as u64) < header.data_offset {
+        return fail(format!(
+            "the tables run past the first {} bytes of the file",
+            front.len()
+        ));
+    }
+    check_table_padding(&header, front)?;
     Ok(header)
 }
 

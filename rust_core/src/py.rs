@@ -289,6 +289,68 @@ impl PyReader {
         Ok(PyReader { inner })
     }
 
+    /// Opens a file read by ranges (a remote file) from `front`, its first
+    /// [`prefix_len`] bytes, and its length `file_len`; `name` (its URL) names it in errors.
+    /// Tensor bytes are then fetched by the caller ([`PyReader::span`]) and decrypted with
+    /// [`PyReader::read_range_from`].
+    #[staticmethod]
+    #[pyo3(signature = (front, file_len, name, *, key=None, passphrase=None, x25519=None, rsa_pkcs8=None, file_key=None, verify_key=None, max_scrypt_log_n=18))]
+    #[allow(clippy::too_many_arguments)]
+    fn from_front(
+        py: Python<'_>,
+        front: &[u8],
+        file_len: u64,
+        name: String,
+        key: Option<&[u8]>,
+        passphrase: Option<&str>,
+        x25519: Option<&[u8]>,
+        rsa_pkcs8: Option<&[u8]>,
+        file_key: Option<&[u8]>,
+        verify_key: Option<&[u8]>,
+        max_scrypt_log_n: i64,
+    ) -> PyResult<Self> {
+        let cap = scrypt_cap(max_scrypt_log_n)?;
+        let cred = credential(key, passphrase, x25519, rsa_pkcs8, file_key)?;
+        let front = front.to_vec();
+        let inner =
+            py.detach(|| Reader::from_front(front, file_len, name, &cred, verify_key, cap))?;
+        Ok(PyReader { inner })
+    }
+
+    /// The file range `(a, b)` to fetch to decrypt bytes `[start, end)` of tensor `index`.
+    fn span(&self, index: usize, start: u64, end: u64) -> PyResult<(u64, u64)> {
+        Ok(self.inner.span(index, start, end)?)
+    }
+
+    /// Decrypts bytes `[start, start + len(dst))` of tensor `index` out of `data`, the bytes
+    /// of the file range starting at `at` (holding at least what `span` named). `data` must be
+    /// `bytes`: immutable, so no other thread can change it while it is decrypted in one pass.
+    fn read_range_from(
+        &self,
+        py: Python<'_>,
+        index: usize,
+        start: u64,
+        dst: &Bound<'_, PyAny>,
+        at: u64,
+        data: &Bound<'_, PyBytes>,
+    ) -> PyResult<()> {
+        let held = hold(dst, true, "the destination")?;
+        let (ptr, len) = (held.ptr, held.len);
+        let fetched = data.as_bytes();
+        py.detach(|| {
+            // SAFETY: `held` keeps the export alive until after `detach` returns.
+            let out = unsafe { Held::slice_mut(ptr, len) };
+            self.inner.read_range_from(index, start, out, at, fetched)
+        })?;
+        Ok(())
+    }
+
+    /// The file's name in messages (its path, or the URL given to `from_front`).
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
     /// `(name, dtype, shape, encrypted, nbytes)` for every tensor, in file order.
     fn tensors(&self) -> Vec<TensorRow> {
         tensor_rows(self.inner.header())
@@ -385,6 +447,20 @@ fn inspect_file(py: Python<'_>, path: PathBuf) -> PyResult<Inspection> {
 #[pyfunction]
 fn inspect_bytes(data: &[u8]) -> PyResult<Inspection> {
     Ok(inspection(&header::parse_file(data)?))
+}
+
+/// How many bytes from the start of a file of `file_len` bytes `Reader.from_front` needs,
+/// from its first 32 bytes or more (`head`).
+#[pyfunction]
+fn prefix_len(head: &[u8], file_len: u64) -> PyResult<u64> {
+    Ok(header::prefix_len(head, file_len)?)
+}
+
+/// Parses and validates, without a key, a file read by ranges from its first `prefix_len`
+/// bytes and its length.
+#[pyfunction]
+fn inspect_front(front: &[u8], file_len: u64) -> PyResult<Inspection> {
+    Ok(inspection(&header::parse_prefix(front, file_len)?))
 }
 
 type TensorIn<'py> = (String, String, Vec<u64>, Bound<'py, PyAny>, bool);
@@ -709,6 +785,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyReader>()?;
     m.add_function(wrap_pyfunction!(inspect_file, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect_front, m)?)?;
+    m.add_function(wrap_pyfunction!(prefix_len, m)?)?;
     m.add_function(wrap_pyfunction!(write_file, m)?)?;
     m.add_function(wrap_pyfunction!(write_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(rekey, m)?)?;

@@ -43,17 +43,20 @@ impl Mapped {
     }
 }
 
-/// The bytes of a file: a read-only map, or a buffer the caller handed over.
+/// The bytes of a file: a read-only map, a buffer the caller handed over, or only the front
+/// of a file (everything before the data) read by ranges, whose chunks the caller fetches
+/// and hands to [`Reader::read_range_from`].
 enum Source {
     Map(Mapped),
     Owned(Vec<u8>),
+    Front { bytes: Vec<u8>, file_len: u64 },
 }
 
 impl Source {
     fn bytes(&self) -> &[u8] {
         match self {
             Source::Map(m) => &m.map,
-            Source::Owned(v) => v,
+            Source::Owned(v) | Source::Front { bytes: v, .. } => v,
         }
     }
 
@@ -62,7 +65,7 @@ impl Source {
     /// caller handed over is private to this process; a map only under a read lease.
     fn begin_read(&self) -> ReadMode {
         match self {
-            Source::Owned(_) => ReadMode::OnePass,
+            Source::Owned(_) | Source::Front { .. } => ReadMode::OnePass,
             Source::Map(m) => {
                 sigbus::refresh();
                 if m.guard.protected() {
@@ -78,7 +81,7 @@ impl Source {
     fn end_read(&self, mode: ReadMode) -> bool {
         match self {
             Source::Map(m) => m.lease.end(mode),
-            Source::Owned(_) => true,
+            Source::Owned(_) | Source::Front { .. } => true,
         }
     }
 
@@ -242,6 +245,31 @@ impl Reader {
         )
     }
 
+    /// Opens a file read by ranges (a remote file) from `front`, its first bytes up to the
+    /// tensor data ([`header::prefix_len`]), and its length; as [`Reader::open`] otherwise.
+    /// Chunks are then fetched by the caller and decrypted with [`Reader::read_range_from`].
+    pub fn from_front(
+        front: Vec<u8>,
+        file_len: u64,
+        name: String,
+        cred: &Credential,
+        verify_key: Option<&[u8]>,
+        max_scrypt_log_n: u8,
+    ) -> Result<Reader> {
+        Reader::check_arguments(verify_key, max_scrypt_log_n)?;
+        header::parse_prefix(&front, file_len).map_err(|e| e.context(&name))?;
+        Reader::from_source(
+            Source::Front {
+                bytes: front,
+                file_len,
+            },
+            cred,
+            verify_key,
+            max_scrypt_log_n,
+            name,
+        )
+    }
+
     /// Caller errors that need no file: a verification key of the wrong length, a scrypt cap
     /// outside 10..=20. (Whether the key is a usable point is a header failure, reported
     /// after the MAC, in the spec's order.)
@@ -297,7 +325,11 @@ impl Reader {
         name: &str,
     ) -> Result<(Header, SecretKey)> {
         let bytes = src.bytes();
-        let parsed = header::parse_file(bytes).map_err(|e| e.context(name));
+        let parsed = match src {
+            Source::Front { file_len, .. } => header::parse_prefix(bytes, *file_len),
+            _ => header::parse_file(bytes),
+        }
+        .map_err(|e| e.context(name));
         src.check_intact(name)?;
         let header = parsed?;
         let file_key =
@@ -358,6 +390,18 @@ impl Reader {
         self.src.bytes()
     }
 
+    /// Fails for a file read by ranges, whose tensor data this reader does not hold.
+    fn whole(&self) -> Result<()> {
+        match self.src {
+            Source::Front { .. } => Err(Error::InvalidArgument(format!(
+                "{} is read by ranges: fetch the chunks (span) and decrypt them with \
+                 read_range_from",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn tensor(&self, idx: usize) -> Result<&TensorInfo> {
         self.header
             .tensors
@@ -394,6 +438,7 @@ impl Reader {
                 })
             }
             Source::Map(m) => self.pread(&m.file, start, out),
+            Source::Front { .. } => self.whole(),
         }
     }
 
@@ -434,18 +479,7 @@ impl Reader {
             };
         }
         self.fetch(at, out)?;
-        if self.check_digests {
-            let at = (self.header.digests_offset() + (t.first_tag + j) * DIGEST_LEN) as usize;
-            let want = &bytes[at..at + DIGEST_LEN as usize];
-            // One call over the whole chunk: BLAKE3 hashes its 1 KiB blocks in SIMD lanes.
-            if !crypto::ct_eq(crypto::chunk_digest(out).as_bytes(), want) {
-                return Err(Error::Integrity(format!(
-                    "{}: tensor {:?}: chunk {j} of {}: its BLAKE3 digest does not match the \
-                     signed digest table: the stored bytes were modified after signing",
-                    self.name, t.name, t.n_chunks
-                )));
-            }
-        }
+        self.check_digest(t, j, out)?;
         let ok = if t.encrypted {
             key.open_in_place(nonce, b"", tag, out)
         } else {
@@ -456,6 +490,25 @@ impl Reader {
         } else {
             Err(self.chunk_failed(t, j))
         }
+    }
+
+    /// With a verification key, checks `stored`, the stored bytes of chunk `j` of tensor `t`,
+    /// against the signed digest table.
+    fn check_digest(&self, t: &TensorInfo, j: u64, stored: &[u8]) -> Result<()> {
+        if !self.check_digests {
+            return Ok(());
+        }
+        let at = (self.header.digests_offset() + (t.first_tag + j) * DIGEST_LEN) as usize;
+        let want = &self.bytes()[at..at + DIGEST_LEN as usize];
+        // One call over the whole chunk: BLAKE3 hashes its 1 KiB blocks in SIMD lanes.
+        if crypto::ct_eq(crypto::chunk_digest(stored).as_bytes(), want) {
+            return Ok(());
+        }
+        Err(Error::Integrity(format!(
+            "{}: tensor {:?}: chunk {j} of {}: its BLAKE3 digest does not match the signed \
+             digest table: the stored bytes were modified after signing",
+            self.name, t.name, t.n_chunks
+        )))
     }
 
     #[cold]
@@ -501,6 +554,7 @@ impl Reader {
     /// Decrypts whole tensors into `jobs` (`(tensor index, destination)`), all chunks of all
     /// tensors in parallel. On any failure every destination is zeroed and nothing is released.
     pub fn read_many(&self, jobs: &mut [(usize, &mut [u8])]) -> Result<()> {
+        self.whole()?;
         for (idx, out) in jobs.iter() {
             let t = self.tensor(*idx)?;
             if out.len() as u64 != t.nbytes() {
@@ -557,6 +611,7 @@ impl Reader {
     /// Decrypts bytes `[start, start + out.len())` of a tensor, verifying every chunk that
     /// covers them (and only those).
     pub fn read_range_into(&self, idx: usize, start: u64, out: &mut [u8]) -> Result<()> {
+        self.whole()?;
         let t = self.tensor(idx)?;
         let end = start
             .checked_add(out.len() as u64)
@@ -608,6 +663,7 @@ impl Reader {
 
     /// Verifies every chunk of every tensor, holding at most one chunk per thread.
     pub fn verify_all(&self) -> Result<()> {
+        self.whole()?;
         let work: Vec<(usize, u64)> = self
             .header
             .tensors
@@ -635,6 +691,154 @@ impl Reader {
             )
         });
         self.src.check_intact(&self.name).and(result)
+    }
+
+    /// The file range `[a, b)` a ranged reader fetches to decrypt bytes `[start, end)` of
+    /// tensor `idx`: the chunks covering them (chunk 0 of an empty tensor), and the padding
+    /// after the tensor when the last chunk is among them (so that it is checked too).
+    pub fn span(&self, idx: usize, start: u64, end: u64) -> Result<(u64, u64)> {
+        let t = self.tensor(idx)?;
+        if start > end || end > t.nbytes() {
+            return Err(Error::InvalidArgument(format!(
+                "byte range {start}..{end} is outside tensor {:?} ({} bytes)",
+                t.name,
+                t.nbytes()
+            )));
+        }
+        let cs = self.header.chunk_size;
+        let (first, last) = match (t.nbytes(), start == end) {
+            (0, _) => (0, 0),
+            (_, true) => {
+                let at = self.chunk_offset(t, start / cs) as u64;
+                return Ok((at, at));
+            }
+            _ => (start / cs, (end - 1) / cs),
+        };
+        let a = self.chunk_offset(t, first) as u64;
+        let b = if last + 1 == t.n_chunks {
+            header::gap_after(&self.header, idx).1
+        } else {
+            self.chunk_offset(t, last) as u64 + self.chunk_len(t, last) as u64
+        };
+        Ok((a, b))
+    }
+
+    /// Decrypts bytes `[start, start + out.len())` of tensor `idx` out of `fetched`, the stored
+    /// bytes of the file range `[at, at + fetched.len())`, which must hold every chunk covering
+    /// them (a range [`Reader::span`] gave, or a larger one). Every such chunk is verified
+    /// (digests too, with a verification key); so is the padding after the tensor when
+    /// `fetched` holds it, and chunk 0 of an empty tensor. `fetched` is memory private to this
+    /// process (no other writer), so each chunk is decrypted out of it in one pass. On
+    /// failure `out` is zeroed.
+    pub fn read_range_from(
+        &self,
+        idx: usize,
+        start: u64,
+        out: &mut [u8],
+        at: u64,
+        fetched: &[u8],
+    ) -> Result<()> {
+        let result = self.range_from(idx, start, out, at, fetched);
+        if result.is_err() {
+            out.fill(0);
+        }
+        result
+    }
+
+    fn range_from(
+        &self,
+        idx: usize,
+        start: u64,
+        out: &mut [u8],
+        at: u64,
+        fetched: &[u8],
+    ) -> Result<()> {
+        let t = self.tensor(idx)?;
+        let end = start
+            .checked_add(out.len() as u64)
+            .filter(|&e| e <= t.nbytes())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "byte range is outside tensor {:?} ({} bytes)",
+                    t.name,
+                    t.nbytes()
+                ))
+            })?;
+        let fetched_end = at
+            .checked_add(fetched.len() as u64)
+            .ok_or_else(|| Error::InvalidArgument("fetched range overflows".into()))?;
+        let stored = |j: u64| -> Result<&[u8]> {
+            let a = self.chunk_offset(t, j) as u64;
+            let b = a + self.chunk_len(t, j) as u64;
+            if a < at || b > fetched_end {
+                return Err(Error::InvalidArgument(format!(
+                    "the fetched bytes {at}..{fetched_end} do not hold chunk {j} of tensor {:?} \
+                     ({a}..{b})",
+                    t.name
+                )));
+            }
+            Ok(&fetched[(a - at) as usize..(b - at) as usize])
+        };
+        let key = crypto::tensor_key(&self.file_key, &t.name);
+        let (gap_a, gap_b) = header::gap_after(&self.header, idx);
+        if gap_a < gap_b && at <= gap_a && gap_b <= fetched_end {
+            let gap = &fetched[(gap_a - at) as usize..(gap_b - at) as usize];
+            header::check_gap(&self.header, idx, gap).map_err(|e| e.context(&self.name))?;
+        }
+        if t.nbytes() == 0 {
+            return self.open_stored(t, &key, 0, stored(0)?, &mut []);
+        }
+        let cs = self.header.chunk_size;
+        let mut pieces = Vec::new();
+        let mut rest = out;
+        let mut pos = start;
+        while pos < end {
+            let j = pos / cs;
+            let take = ((j + 1) * cs).min(end) - pos;
+            let (piece, tail) = rest.split_at_mut(take as usize);
+            pieces.push((j, (pos - j * cs) as usize, stored(j)?, piece));
+            rest = tail;
+            pos += take;
+        }
+        let open = |(j, skip, bytes, piece): (u64, usize, &[u8], &mut [u8])| -> Result<()> {
+            if skip == 0 && piece.len() == bytes.len() {
+                return self.open_stored(t, &key, j, bytes, piece);
+            }
+            // Wiped when dropped: the rest of the chunk was not asked for.
+            let mut scratch = Zeroizing::new(vec![0u8; bytes.len()]);
+            self.open_stored(t, &key, j, bytes, &mut scratch)?;
+            piece.copy_from_slice(&scratch[skip..skip + piece.len()]);
+            Ok(())
+        };
+        try_each(pieces, (end - start) as usize, open)
+    }
+
+    /// Verifies chunk `j` of tensor `t` from its stored bytes `stored`, private to this process,
+    /// and writes its plaintext to `out` (the same length).
+    fn open_stored(
+        &self,
+        t: &TensorInfo,
+        key: &GcmKey,
+        j: u64,
+        stored: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
+        self.check_digest(t, j, stored)?;
+        let bytes = self.bytes();
+        let tag_at = (self.header.tags_offset() + (t.first_tag + j) * TAG_LEN) as usize;
+        let tag = &bytes[tag_at..tag_at + TAG_LEN as usize];
+        let nonce = crypto::chunk_nonce(j, t.n_chunks);
+        let ok = if t.encrypted {
+            key.open_into(nonce, b"", stored, tag, out)
+        } else {
+            out.copy_from_slice(stored);
+            key.verify_gmac(nonce, out, tag)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(self.chunk_failed(t, j))
+        }
     }
 
     /// The file key, for re-keying. Crate-internal: never exposed to Python.
