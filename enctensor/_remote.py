@@ -345,18 +345,17 @@ class RemoteReader:
             for request in requests:
                 run(request)
             return
-        # Every task has finished (or was cancelled) when this block ends, so no thread writes a
-        # destination after the caller zeroes it.
-        with ThreadPoolExecutor(
-            min(CONCURRENCY, len(requests)), thread_name_prefix="enctensor-fetch"
-        ) as pool:
+        pool = ThreadPoolExecutor(min(CONCURRENCY, len(requests)), thread_name_prefix="enctensor-fetch")
+        try:
             futures = [pool.submit(run, r) for r in requests]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = next((f for f in done if f.exception() is not None), None)
             if failed is not None:
-                for f in futures:
-                    f.cancel()
                 raise failed.exception()  # type: ignore[misc]
+        finally:
+            # On a failure or Ctrl-C, requests not started are dropped; those running finish
+            # first, so that no thread writes a destination after the caller zeroed it.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _coalesce(pieces: list[_Piece]) -> Iterator[tuple[int, int, list[_Piece]]]:

@@ -260,3 +260,25 @@ def test_torch_and_tvm_adapters_take_urls(http_server: RangeServer) -> None:
     loaded = etvm.load(url, key=KEY)
     assert isinstance(loaded["a"], tvm.runtime.Tensor)
     assert np.array_equal(loaded["a"].numpy(), state["a"].numpy())
+
+
+def test_the_cli_inspects_and_verifies_urls(http_server: RangeServer, tmp_path: Path) -> None:
+    import json
+
+    from cli_support import cli, failed, ok
+
+    t = sample()
+    url = write(http_server, "cli.enct", t)
+    key_file = tmp_path / "k.key"
+    key_file.write_bytes(KEY)
+    shown = json.loads(ok(cli("inspect", "--json", url, cwd=tmp_path)).stdout)
+    assert [row["name"] for row in shown["tensors"]] == list(t)
+    out = ok(cli("verify", url, "--key", key_file, cwd=tmp_path)).stdout.decode()
+    assert f"{url}: OK (4 tensors" in out and "every chunk verified" in out
+    path = http_server.root / "cli.enct"
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 1
+    replace(path, bytes(raw))
+    failed(cli("verify", url, "--key", key_file, cwd=tmp_path), 4, "failed authentication")
+    failed(cli("inspect", url, "--key", key_file, cwd=tmp_path), 2, "local files only")
+    failed(cli("verify", http_server.url("nothing.enct"), "--key", key_file, cwd=tmp_path), 1, "nothing.enct")

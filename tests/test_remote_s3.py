@@ -65,6 +65,9 @@ def test_save_uploads_whole_and_a_one_percent_slice_fetches_about_one_percent(
     url = f"s3://{bucket}/big.enct"
     big = np.arange(ROWS * COLS, dtype=np.float32).reshape(ROWS, COLS)
     enctensor.save({"w": big}, url, key=KEY, storage_options=options)
+    # Uploaded whole, in parts (S3 multipart: initiated, parts, completed).
+    assert any(r.method == "POST" and "uploads" in r.query for r in server.requests)
+    assert sum(r.method == "PUT" and "partNumber" in r.query for r in server.requests) >= 2
     size = server.filesystem().size(f"{bucket}/big.enct")
     assert size > ROWS * COLS * 4
     with pytest.raises(FileExistsError):

@@ -672,6 +672,37 @@ def test_rust_load_bytes(name: str) -> None:
         assert hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest() == w["sha256"]
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_rust_ranged_load(name: str) -> None:
+    """Every vector read by ranges, as a remote file is (spec/FORMAT.md, "Ranged readers"):
+    the front in at most two fetches, then the chunks. fsspec's in-memory filesystem stands in
+    for the server (tests/test_remote_*.py use real loopback servers); the outcome is the
+    vector's, as for a local file."""
+    import fsspec
+    import numpy as np
+
+    import enctensor
+
+    v = load_vector(name)
+    url = f"memory://vectors/{name}.enct"
+    fsspec.filesystem("memory").pipe_file(url, v.data)
+    try:
+        if v.expect != "success":
+            expected, others = rust_expected_error(v)
+            with pytest.raises(enctensor.EncTensorError) as info:
+                enctensor.load(url, **rust_load_kwargs(v))
+            assert isinstance(info.value, expected), (v.expect, repr(info.value))
+            assert not isinstance(info.value, others), (v.expect, repr(info.value))
+            return
+        arrays = enctensor.load(url, **rust_load_kwargs(v))
+        for w in v.spec["tensors"]:
+            arr = arrays[w["name"]]
+            assert arr.dtype == numpy_dtype(w["dtype"]) and list(arr.shape) == w["shape"], w["name"]
+            assert hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest() == w["sha256"]
+    finally:
+        fsspec.filesystem("memory").rm_file(url)
+
+
 def test_rust_scrypt_policy_message() -> None:
     """The refusal names the policy and how to lift it, and does not run scrypt."""
     import enctensor

@@ -4,17 +4,20 @@ the signature, with a key, writing no plaintext)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from typing import Any, TextIO
 
 from .. import _api as api
+from .._remote import is_url
 from ..errors import FormatError
 from ._common import (
     _EPILOG,
     EXIT_FORMAT,
     EXIT_OK,
+    EXIT_USAGE,
     CliError,
     Subparsers,
     _add_open_options,
@@ -110,6 +113,13 @@ def _opened_by(notes: Notes) -> dict[str, list[int]]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     refuse_directory(args.file)
     keys = _keys_to_match(args)
+    if keys and is_url(args.file):
+        raise CliError(
+            EXIT_USAGE,
+            args.file,
+            "inspect matches keys to the stanzas of local files only",
+            "inspect the URL without keys, or download the file first",
+        )
     # The converters (to name what a file is) are imported only when it is not an enctensor
     # file: start-up time.
     if api._index_format(args.file) == "enctensor-index":
@@ -145,8 +155,8 @@ def _not_an_enctensor_file(path: str) -> None:
     """Says what ``path`` is instead, if it is one of the formats the converters know."""
     from ..convert import FORMATS, detect_format
 
-    fmt = detect_format(path)
-    if fmt == "enctensor":
+    fmt = None if is_url(path) else detect_format(path)
+    if fmt == "enctensor" or is_url(path):
         api.inspect(path)  # a damaged enctensor file: its own error
     raise CliError(
         EXIT_FORMAT,
@@ -190,7 +200,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..convert import detect_format, verify_file
 
     # An encrypted model directory is verified whole: weights and the copied files they list.
-    if not (os.path.isdir(args.file) and detect_format(args.file) == "enctensor-directory"):
+    # A URL is fetched by ranges (verify_file), and its format told by its own errors.
+    if is_url(args.file):
+        pass
+    elif not (os.path.isdir(args.file) and detect_format(args.file) == "enctensor-directory"):
         _check_encrypted(args.file, "verify")
     creds = credentials(args)
     progress = _progress(args, f"verifying {os.path.basename(args.file)}")
@@ -228,6 +241,10 @@ def _is_signed(path: str) -> bool | None:
     if that is not known (shards that differ, or that cannot be read)."""
     from ..convert import detect_format
 
+    if is_url(path):
+        with contextlib.suppress(OSError, ValueError):
+            return bool(api.inspect(path).get("signed"))
+        return None
     if detect_format(path) == "enctensor-index":
         states = {None if s.info is None else bool(s.info.get("signed")) for s in inspect_set(path).shards}
         return states.pop() if len(states) == 1 else None

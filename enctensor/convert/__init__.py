@@ -68,6 +68,8 @@ from .._keys import (
     VerifyKey,
     WriteKey,
 )
+from .._remote import is_url
+from ..errors import WrongKeyError
 from . import directory as _directory
 from . import safetensors as _st
 from . import sharded as _sharded
@@ -368,6 +370,60 @@ def _checkpoint_is_for_sets(src: PathLike, fmt: str | None, expect_checkpoint: s
         )
 
 
+def _verify_url(
+    url: str,
+    key: Key | list[Key] | tuple[Key, ...] | None,
+    passphrase: Passphrase | None,
+    verify_with: VerifyKey | None,
+    *,
+    expect_metadata: Mapping[str, str] | None,
+    expect_checkpoint: str | None,
+    max_scrypt_log_n: int,
+) -> tuple[int, int]:
+    """:func:`verify_file` of a remote file or sharded checkpoint index: each key in turn
+    until one opens it."""
+    from .._api import _index_format, _not_one_file, _open_file
+    from .._sharded import open_set
+
+    fmt = _index_format(url)
+    if fmt == "index":
+        raise _not_one_file(url, fmt, "verify")
+    _checkpoint_is_for_sets(url, fmt or "enctensor", expect_checkpoint)
+    candidates = list(key) if isinstance(key, list | tuple) else [key]
+    for i, candidate in enumerate(candidates):
+        try:
+            if fmt == "enctensor-index":
+                shards = open_set(
+                    url,
+                    key=candidate,
+                    passphrase=passphrase,
+                    verify_with=verify_with,
+                    expect_metadata=expect_metadata,
+                    expect_checkpoint=expect_checkpoint,
+                    max_scrypt_log_n=max_scrypt_log_n,
+                )
+                readers = [reader for _, reader in shards]
+            else:
+                readers = [
+                    _open_file(
+                        url,
+                        candidate,
+                        passphrase,
+                        verify_with,
+                        expect_metadata=expect_metadata,
+                        max_scrypt_log_n=max_scrypt_log_n,
+                    )
+                ]
+            break
+        except WrongKeyError:
+            if i + 1 == len(candidates):
+                raise
+    for reader in readers:
+        reader.verify()
+    rows = [row for reader in readers for row in reader.tensors()]
+    return len(rows), sum(r[4] for r in rows)
+
+
 def verify_file(
     src: PathLike,
     *,
@@ -384,7 +440,18 @@ def verify_file(
     :class:`~enctensor.WrongKeyError`, :class:`~enctensor.IntegrityError` or
     :class:`~enctensor.FormatError`. ``expect_metadata``, ``expect_checkpoint`` and
     ``max_scrypt_log_n`` are as for :func:`decrypt_file`. An encrypted model directory is
-    verified whole, as :func:`verify_directory` does."""
+    verified whole, as :func:`verify_directory` does. A URL (fsspec, with its default
+    options: environment, fsspec's configuration) is fetched by ranges, every chunk of it."""
+    if is_url(os.fspath(src)):
+        return _verify_url(
+            os.fspath(src),
+            key,
+            passphrase,
+            verify_with,
+            expect_metadata=expect_metadata,
+            expect_checkpoint=expect_checkpoint,
+            max_scrypt_log_n=max_scrypt_log_n,
+        )
     secret = Secret.for_reading(
         key, passphrase, verify_with, max_scrypt_log_n=max_scrypt_log_n, expect_metadata=expect_metadata
     )

@@ -284,8 +284,8 @@ impl PyReader {
     ) -> PyResult<Self> {
         let cap = scrypt_cap(max_scrypt_log_n)?;
         let cred = credential(key, passphrase, x25519, rsa_pkcs8, file_key)?;
-        let data = data.to_vec();
-        let inner = py.detach(|| Reader::from_bytes(data, &cred, verify_key, cap))?;
+        // The copy too runs without the GIL (`bytes` cannot change meanwhile).
+        let inner = py.detach(|| Reader::from_bytes(data.to_vec(), &cred, verify_key, cap))?;
         Ok(PyReader { inner })
     }
 
@@ -311,9 +311,9 @@ impl PyReader {
     ) -> PyResult<Self> {
         let cap = scrypt_cap(max_scrypt_log_n)?;
         let cred = credential(key, passphrase, x25519, rsa_pkcs8, file_key)?;
-        let front = front.to_vec();
-        let inner =
-            py.detach(|| Reader::from_front(front, file_len, name, &cred, verify_key, cap))?;
+        let inner = py.detach(|| {
+            Reader::from_front(front.to_vec(), file_len, name, &cred, verify_key, cap)
+        })?;
         Ok(PyReader { inner })
     }
 

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use enctensor_core::header;
 use enctensor_core::reader::DEFAULT_MAX_SCRYPT_LOG_N;
 use enctensor_core::{Credential, Error, Reader};
 use serde_json::Value;
@@ -73,6 +74,30 @@ fn run(meta: &Value, file: Vec<u8>) -> Result<Vec<(String, String)>, Error> {
     whole.map(|()| out)
 }
 
+/// The same vector read by ranges, as a remote file is (`spec/FORMAT.md`, "Ranged readers"):
+/// the front up to the data, then each tensor from the bytes of its span alone.
+fn run_ranged(meta: &Value, file: &[u8]) -> Result<Vec<(String, String)>, Error> {
+    let cred = credential(meta)?;
+    let verify = meta
+        .get("verify_key")
+        .map(|v| hex::decode(v.as_str().unwrap()).unwrap());
+    let cap = meta
+        .get("max_scrypt_log_n")
+        .map_or(DEFAULT_MAX_SCRYPT_LOG_N, |v| v.as_u64().unwrap() as u8);
+    let len = file.len() as u64;
+    let need = header::prefix_len(&file[..file.len().min(64)], len)? as usize;
+    let front = file[..need].to_vec();
+    let r = Reader::from_front(front, len, "ranged".into(), &cred, verify.as_deref(), cap)?;
+    let mut out = Vec::new();
+    for (i, t) in r.header().tensors.iter().enumerate() {
+        let (a, b) = r.span(i, 0, t.nbytes())?;
+        let mut buf = vec![0u8; t.nbytes() as usize];
+        r.read_range_from(i, 0, &mut buf, a, &file[a as usize..b as usize])?;
+        out.push((t.name.clone(), hex::encode(Sha256::digest(&buf))));
+    }
+    Ok(out)
+}
+
 #[test]
 fn all_vectors() {
     let mut n = 0;
@@ -86,6 +111,7 @@ fn all_vectors() {
         let meta: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
         let file = std::fs::read(json_path.with_extension("enct")).unwrap();
         let expect = meta["expect"].as_str().unwrap();
+        let ranged = run_ranged(&meta, &file);
         let got = run(&meta, file);
         let name = json_path
             .file_stem()
@@ -112,6 +138,15 @@ fn all_vectors() {
             | ("header failure", Err(Error::Integrity(_) | Error::Signature(_)))
             | ("payload failure", Err(Error::Integrity(_))) => {}
             _ => panic!("{name}: expected {expect}, got {got:?}"),
+        }
+        match (&got, &ranged) {
+            (Ok(whole), Ok(by_ranges)) => assert_eq!(whole, by_ranges, "{name}: ranged"),
+            (Err(a), Err(b)) => assert_eq!(
+                std::mem::discriminant(a),
+                std::mem::discriminant(b),
+                "{name}: ranged read failed otherwise: {b:?} (whole: {a:?})"
+            ),
+            _ => panic!("{name}: read whole {got:?}, by ranges {ranged:?}"),
         }
         n += 1;
     }
