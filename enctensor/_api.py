@@ -30,7 +30,17 @@ from ._keys import (
     sign_seed,
     verify_bytes,
 )
-from ._remote import RemoteReader, inspect_url, is_url, local_path, open_reader, read_whole, upload
+from ._remote import (
+    RemoteReader,
+    inspect_url,
+    is_url,
+    local_path,
+    open_reader,
+    open_remote,
+    read_front,
+    read_whole,
+    upload,
+)
 from ._slice import plan
 from .errors import FormatError, IntegrityError, TensorNotFoundError
 
@@ -846,15 +856,20 @@ def stanza_changes(
     return args
 
 
-def stanzas_for(path: PathLike, key: Key) -> list[int]:
+def stanzas_for(path: PathLike, key: Key, *, storage_options: StorageOptions = None) -> list[int]:
     """The positions (from 0, as :func:`inspect` lists them) of the stanzas of ``path`` that
     ``key`` (32 raw bytes, an X25519 or RSA private key, or a ``pathlib.Path`` to a key file)
     opens: which stanza is whose, without fingerprints. The file is checked for format but not
-    authenticated (use :func:`verify` for that)."""
+    authenticated (use :func:`verify` for that). A URL reads only the header and tables."""
     p = _file_name(path)
     holders = holder_kwargs(key, "key")
     [(kind, [value])] = [(k, v) for k, v in holders.items() if v]
     arg = {"keys": "key", "x25519_identities": "x25519", "rsa_pkcs8": "rsa_pkcs8"}[kind]
+    if is_url(p):
+        remote = open_remote(p, storage_options)
+        front = read_front(remote)
+        on_front: list[int] = _core.stanzas_of_front(front, remote.size, **{arg: value})
+        return on_front
     found: list[int] = _core.stanzas_of(p, **{arg: value})
     return found
 

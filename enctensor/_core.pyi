@@ -18,6 +18,7 @@ __all__ = [
     "recipient_fingerprint",
     "rekey",
     "stanzas_of",
+    "stanzas_of_front",
     "write_bytes",
     "write_file",
 ]
@@ -144,6 +145,14 @@ def rekey(
 ) -> str: ...
 def stanzas_of(
     path: str | PathLike[str],
+    *,
+    key: bytes | None = None,
+    x25519: bytes | None = None,
+    rsa_pkcs8: bytes | None = None,
+) -> list[int]: ...
+def stanzas_of_front(
+    front: bytes,
+    file_len: int,
     *,
     key: bytes | None = None,
     x25519: bytes | None = None,

@@ -137,7 +137,16 @@ def _fsspec() -> Any:
 def _version(info: Mapping[str, Any]) -> tuple[Any, ...]:
     """What identifies one version of an object in fsspec's ``info``: its size and whichever
     of ETag, version id, generation or modification time the backend reports."""
-    fields = ("ETag", "etag", "VersionId", "generation", "LastModified", "last_modified", "mtime")
+    fields = (
+        "ETag",
+        "etag",
+        "VersionId",
+        "generation",
+        "LastModified",
+        "Last-Modified",
+        "last_modified",
+        "mtime",
+    )
     return (info.get("size"), *(str(info[f]) for f in fields if info.get(f) is not None))
 
 

@@ -280,5 +280,6 @@ def test_the_cli_inspects_and_verifies_urls(http_server: RangeServer, tmp_path: 
     raw[-100] ^= 1
     replace(path, bytes(raw))
     failed(cli("verify", url, "--key", key_file, cwd=tmp_path), 4, "failed authentication")
-    failed(cli("inspect", url, "--key", key_file, cwd=tmp_path), 2, "local files only")
+    shown = json.loads(ok(cli("inspect", "--json", url, "-k", key_file, cwd=tmp_path)).stdout)
+    assert list(shown["stanzas_opened_by"].values()) == [[0]]
     failed(cli("verify", http_server.url("nothing.enct"), "--key", key_file, cwd=tmp_path), 1, "nothing.enct")

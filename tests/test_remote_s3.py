@@ -18,7 +18,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from conftest import KEY
 from remote_servers import S3Server
-from test_dcp import _launch, _load_worker, assert_same, blank_state, full_state
+from test_dcp import _group, _launch, _load_worker, assert_same, blank_state, full_state, sharded
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.tensor import Shard
 
@@ -197,3 +197,23 @@ def test_a_two_rank_checkpoint_in_a_bucket_loads_on_one_and_on_three_ranks(
     assert failures.keys() == {0}, failures
     kind, message = failures[0]
     assert kind == "IntegrityError" and "missing" in message, message
+
+
+def _save_to_bucket_worker(rank: int, world: int, port: int, url: str, options: dict[str, Any]) -> None:
+    """Saves a state sharded over 2 ranks straight into the bucket: each rank uploads its own
+    file, the coordinator the metadata."""
+    with _group(rank, world, port) as mesh:
+        state = sharded(full_state(9), mesh, {"rows": Shard(0), "cols": Shard(1)})
+        dcp.save(state, storage_writer=EncWriter(url, key=KEY, storage_options=options))
+
+
+def test_two_ranks_save_into_a_bucket(s3_bucket: tuple[S3Server, str]) -> None:
+    server, bucket = s3_bucket
+    options = server.storage_options()
+    url = f"s3://{bucket}/ranks"
+    _launch(_save_to_bucket_worker, 2, url, options)
+    names = sorted(p.rsplit("/", 1)[1] for p in server.filesystem().ls(f"{bucket}/ranks"))
+    assert names == [".metadata.enct", "__0_0.enct", "__1_0.enct"]
+    target = blank_state()
+    dcp.load(target, storage_reader=EncReader(url, key=KEY, storage_options=options))
+    assert_same(target, full_state(9))

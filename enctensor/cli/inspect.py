@@ -17,7 +17,6 @@ from ._common import (
     _EPILOG,
     EXIT_FORMAT,
     EXIT_OK,
-    EXIT_USAGE,
     CliError,
     Subparsers,
     _add_open_options,
@@ -113,13 +112,6 @@ def _opened_by(notes: Notes) -> dict[str, list[int]]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     refuse_directory(args.file)
     keys = _keys_to_match(args)
-    if keys and is_url(args.file):
-        raise CliError(
-            EXIT_USAGE,
-            args.file,
-            "inspect matches keys to the stanzas of local files only",
-            "inspect the URL without keys, or download the file first",
-        )
     # The converters (to name what a file is) are imported only when it is not an enctensor
     # file: start-up time.
     if api._index_format(args.file) == "enctensor-index":

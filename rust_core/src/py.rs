@@ -735,6 +735,22 @@ fn stanzas_of(
     Ok(py.detach(|| keys::stanzas_of(&h.stanzas, &cred))?)
 }
 
+/// `stanzas_of` for a file read by ranges: from its first `prefix_len` bytes and its length.
+#[pyfunction]
+#[pyo3(signature = (front, file_len, *, key=None, x25519=None, rsa_pkcs8=None))]
+fn stanzas_of_front(
+    py: Python<'_>,
+    front: &[u8],
+    file_len: u64,
+    key: Option<&[u8]>,
+    x25519: Option<&[u8]>,
+    rsa_pkcs8: Option<&[u8]>,
+) -> PyResult<Vec<usize>> {
+    let cred = credential(key, None, x25519, rsa_pkcs8, None)?;
+    let h = header::parse_prefix(front, file_len)?;
+    Ok(py.detach(|| keys::stanzas_of(&h.stanzas, &cred))?)
+}
+
 /// The recipient fingerprint (16 bytes, `spec/FORMAT.md`, "Recipient fingerprints") of one
 /// raw key, X25519 public key or RSA public key (DER SubjectPublicKeyInfo).
 #[pyfunction]
@@ -791,6 +807,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(rekey, m)?)?;
     m.add_function(wrap_pyfunction!(stanzas_of, m)?)?;
+    m.add_function(wrap_pyfunction!(stanzas_of_front, m)?)?;
     m.add_function(wrap_pyfunction!(recipient_fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(_set_read_mode, m)?)?;
     Ok(())

@@ -257,7 +257,6 @@ impl Reader {
         max_scrypt_log_n: u8,
     ) -> Result<Reader> {
         Reader::check_arguments(verify_key, max_scrypt_log_n)?;
-        header::parse_prefix(&front, file_len).map_err(|e| e.context(&name))?;
         Reader::from_source(
             Source::Front {
                 bytes: front,
