@@ -114,6 +114,10 @@ class UrlPath(os.PathLike[str]):
         return UrlPath(self._url.rstrip("/").rsplit("/", 1)[0])
 
     def __truediv__(self, name: str) -> UrlPath:
+        # A name from an index must stay a file next to it: these would make it a query, a
+        # fragment or an encoded path (an index may be hostile until its set is checked).
+        if any(c in name for c in "?#%/\\"):
+            raise ValueError(f"{name!r} cannot name a file next to {self._url}: it holds ? # % / or \\")
         return UrlPath(f"{self._url.rstrip('/')}/{name}")
 
 

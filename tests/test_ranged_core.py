@@ -128,3 +128,14 @@ def test_remote_slices_equal_local_slices(
         assert np.array_equal(got, a[lo : lo + n : step, cols // 3 :])
     finally:
         fsspec.filesystem("memory").rm_file(url)
+
+
+def test_names_next_to_a_url_stay_files_in_its_directory() -> None:
+    from enctensor._remote import UrlPath
+
+    index = UrlPath("https://host/models/m.enct.index.json")
+    assert str(index.parent / "m-1.enct") == "https://host/models/m-1.enct"
+    assert index.name == "m.enct.index.json"
+    for name in ("a?x=1", "a#b", "..%2Fsecret", "a/b"):
+        with pytest.raises(ValueError, match="cannot name a file next to"):
+            index.parent / name
