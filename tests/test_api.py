@@ -386,3 +386,22 @@ def test_small_tensors_loaded_into_shared_blocks_are_separate_and_aligned(tmp_pa
         got[name][...] = i + 1
     for i, name in enumerate(tensors):
         assert got[name].size == sizes[i] and (got[name] == i + 1).all(), name
+
+
+def test_load_bytes_lends_the_buffer_instead_of_copying_it() -> None:
+    """The reader keeps a reference to the ``bytes`` object (no copy of a file held in memory)
+    and so keeps it alive after the caller dropped it."""
+    import gc
+    import sys
+
+    from enctensor import _core
+
+    data = enctensor.save_bytes({"a": np.arange(1000, dtype=np.int32)}, key=KEY)
+    before = sys.getrefcount(data)
+    reader = _core.Reader.from_bytes(data, key=KEY)
+    assert sys.getrefcount(data) == before + 1
+    del data
+    gc.collect()
+    out = bytearray(4000)
+    reader.read_into(0, out)
+    assert bytes(out) == np.arange(1000, dtype=np.int32).tobytes()

@@ -243,6 +243,33 @@ struct PyReader {
     inner: Reader,
 }
 
+/// The buffer of a Python `bytes` object, lent to a reader instead of copied: `bytes` are
+/// immutable, and the reference held here keeps the buffer alive as long as the reader.
+struct LentBytes {
+    _owner: Py<PyBytes>,
+    ptr: usize,
+    len: usize,
+}
+
+impl LentBytes {
+    fn new(data: &Bound<'_, PyBytes>) -> LentBytes {
+        let bytes = data.as_bytes();
+        LentBytes {
+            _owner: data.clone().unbind(),
+            ptr: bytes.as_ptr() as usize,
+            len: bytes.len(),
+        }
+    }
+}
+
+impl AsRef<[u8]> for LentBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr`/`len` are the buffer of the `bytes` object `_owner` holds a reference
+        // to, so it outlives `self`; a `bytes` object's buffer never moves or changes.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
 #[pymethods]
 impl PyReader {
     /// Opens and authenticates `path`. With `verify_key` (32-byte Ed25519 public key) the
@@ -273,7 +300,7 @@ impl PyReader {
     #[allow(clippy::too_many_arguments)]
     fn from_bytes(
         py: Python<'_>,
-        data: &[u8],
+        data: &Bound<'_, PyBytes>,
         key: Option<&[u8]>,
         passphrase: Option<&str>,
         x25519: Option<&[u8]>,
@@ -284,8 +311,8 @@ impl PyReader {
     ) -> PyResult<Self> {
         let cap = scrypt_cap(max_scrypt_log_n)?;
         let cred = credential(key, passphrase, x25519, rsa_pkcs8, file_key)?;
-        // The copy too runs without the GIL (`bytes` cannot change meanwhile).
-        let inner = py.detach(|| Reader::from_bytes(data.to_vec(), &cred, verify_key, cap))?;
+        let lent = LentBytes::new(data);
+        let inner = py.detach(|| Reader::from_held(Box::new(lent), &cred, verify_key, cap))?;
         Ok(PyReader { inner })
     }
 

@@ -43,12 +43,16 @@ impl Mapped {
     }
 }
 
+/// Immutable bytes the caller handed over: a `Vec`, or memory another owner keeps alive and
+/// unchanged (the Python bindings lend a `bytes` object's buffer instead of copying it).
+pub type Held = Box<dyn AsRef<[u8]> + Send + Sync>;
+
 /// The bytes of a file: a read-only map, a buffer the caller handed over, or only the front
 /// of a file (everything before the data) read by ranges, whose chunks the caller fetches
 /// and hands to [`Reader::read_range_from`].
 enum Source {
     Map(Mapped),
-    Owned(Vec<u8>),
+    Owned(Held),
     Front { bytes: Vec<u8>, file_len: u64 },
 }
 
@@ -56,7 +60,8 @@ impl Source {
     fn bytes(&self) -> &[u8] {
         match self {
             Source::Map(m) => &m.map,
-            Source::Owned(v) | Source::Front { bytes: v, .. } => v,
+            Source::Owned(v) => (**v).as_ref(),
+            Source::Front { bytes, .. } => bytes,
         }
     }
 
@@ -111,7 +116,7 @@ fn map_open_file(file: File, shown: &str) -> Result<Source> {
         .map_err(|e| Error::io(e, format!("cannot stat {shown}")))?
         .len();
     if len == 0 {
-        return Ok(Source::Owned(Vec::new()));
+        return Ok(Source::Owned(Box::new(Vec::new())));
     }
     // SAFETY: the map is read-only and private to this process. Another process could still
     // truncate or rewrite the file while it is mapped; writers of enctensor files replace
@@ -231,6 +236,17 @@ impl Reader {
     /// Opens a file held in memory; as [`Reader::open`].
     pub fn from_bytes(
         bytes: Vec<u8>,
+        cred: &Credential,
+        verify_key: Option<&[u8]>,
+        max_scrypt_log_n: u8,
+    ) -> Result<Reader> {
+        Reader::from_held(Box::new(bytes), cred, verify_key, max_scrypt_log_n)
+    }
+
+    /// Opens a file held in memory that nobody changes while the reader lives (it is
+    /// decrypted out of it in one pass); as [`Reader::open`].
+    pub fn from_held(
+        bytes: Held,
         cred: &Credential,
         verify_key: Option<&[u8]>,
         max_scrypt_log_n: u8,
@@ -419,7 +435,7 @@ impl Reader {
     fn fetch(&self, start: usize, out: &mut [u8]) -> Result<()> {
         match &self.src {
             Source::Owned(v) => {
-                out.copy_from_slice(&v[start..start + out.len()]);
+                out.copy_from_slice(&(**v).as_ref()[start..start + out.len()]);
                 Ok(())
             }
             Source::Map(m) if out.as_ptr() as usize % BOUNCE_ALIGN != 0 => {
