@@ -278,9 +278,15 @@ class RemoteReader:
         return self._inner.inspect()
 
     def read_into(self, index: int, dst: Any) -> None:
-        self._read([(index, 0, dst)])
+        self.read_many_into([(index, dst)])
 
     def read_many_into(self, jobs: Sequence[tuple[int, Any]]) -> None:
+        for index, dst in jobs:  # whole tensors: as the core, refuse a destination of another size
+            if 0 <= index < len(self._rows) and memoryview(dst).nbytes != self._rows[index][4]:
+                name, nbytes = self._rows[index][0], self._rows[index][4]
+                raise ValueError(
+                    f"destination for tensor {name!r} is {memoryview(dst).nbytes} bytes, it needs {nbytes}"
+                )
         self._read([(index, 0, dst) for index, dst in jobs])
 
     def read_range_into(self, index: int, start: int, dst: Any) -> None:

@@ -139,3 +139,17 @@ def test_names_next_to_a_url_stay_files_in_its_directory() -> None:
     for name in ("a?x=1", "a#b", "..%2Fsecret", "a/b"):
         with pytest.raises(ValueError, match="cannot name a file next to"):
             index.parent / name
+
+
+def test_a_remote_whole_read_refuses_a_destination_of_another_size() -> None:
+    from enctensor import _api
+
+    url = f"memory://ranged/{uuid.uuid4().hex}.enct"
+    fsspec.filesystem("memory").pipe_file(url, file_bytes({"a": np.arange(100, dtype=np.int32)}))
+    try:
+        reader = _api._open(url, KEY, None)
+        for size in (399, 401):
+            with pytest.raises(ValueError, match="it needs 400"):
+                reader.read_into(0, bytearray(size))
+    finally:
+        fsspec.filesystem("memory").rm_file(url)
