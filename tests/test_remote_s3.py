@@ -217,3 +217,24 @@ def test_two_ranks_save_into_a_bucket(s3_bucket: tuple[S3Server, str]) -> None:
     target = blank_state()
     dcp.load(target, storage_reader=EncReader(url, key=KEY, storage_options=options))
     assert_same(target, full_state(9))
+
+
+def test_the_cli_takes_its_storage_options_from_fsspec_configuration(
+    s3_bucket: tuple[S3Server, str], tmp_path: Path
+) -> None:
+    import json
+
+    from cli_support import cli, ok
+
+    server, bucket = s3_bucket
+    options = server.storage_options()
+    url = f"s3://{bucket}/cli.enct"
+    enctensor.save({"x": np.arange(1000, dtype=np.int16)}, url, key=KEY, storage_options=options)
+    key_file = tmp_path / "k.key"
+    key_file.write_bytes(KEY)
+    config = {k: v for k, v in options.items() if k != "skip_instance_cache"}
+    env = {"FSSPEC_S3": json.dumps(config), "AWS_EC2_METADATA_DISABLED": "true"}
+    out = ok(cli("verify", url, "-k", key_file, cwd=tmp_path, env=env)).stdout.decode()
+    assert f"{url}: OK (1 tensors" in out
+    shown = json.loads(ok(cli("inspect", "--json", url, cwd=tmp_path, env=env)).stdout)
+    assert [t["name"] for t in shown["tensors"]] == ["x"]
