@@ -171,6 +171,20 @@ fn try_each<T: Send>(
     }
 }
 
+/// The end of the byte range `[start, start + len)` of tensor `t`, which must lie inside it.
+fn range_end(t: &TensorInfo, start: u64, len: usize) -> Result<u64> {
+    start
+        .checked_add(len as u64)
+        .filter(|&e| e <= t.nbytes())
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "byte range is outside tensor {:?} ({} bytes)",
+                t.name,
+                t.nbytes()
+            ))
+        })
+}
+
 const BOUNCE_ALIGN: usize = 64;
 
 thread_local! {
@@ -628,47 +642,16 @@ impl Reader {
     pub fn read_range_into(&self, idx: usize, start: u64, out: &mut [u8]) -> Result<()> {
         self.whole()?;
         let t = self.tensor(idx)?;
-        let end = start
-            .checked_add(out.len() as u64)
-            .filter(|&e| e <= t.nbytes())
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "byte range is outside tensor {:?} ({} bytes)",
-                    t.name,
-                    t.nbytes()
-                ))
-            })?;
+        range_end(t, start, out.len())?;
         if out.is_empty() {
             return Ok(());
         }
         let key = crypto::tensor_key(&self.file_key, &t.name);
-        let cs = self.header.chunk_size;
-        let read = |mode: ReadMode, out: &mut [u8]| -> Result<()> {
-            let mut pieces = Vec::new();
-            let mut rest = out;
-            let mut pos = start;
-            while pos < end {
-                let j = pos / cs;
-                let take = ((j + 1) * cs).min(end) - pos;
-                let (piece, tail) = rest.split_at_mut(take as usize);
-                pieces.push((j, (pos - j * cs) as usize, piece));
-                rest = tail;
-                pos += take;
-            }
-            let open = |(j, skip, piece): (u64, usize, &mut [u8])| -> Result<()> {
-                let n = self.chunk_len(t, j);
-                if skip == 0 && piece.len() == n {
-                    return self.open_chunk(t, &key, j, piece, mode);
-                }
-                // Wiped when dropped: the rest of the chunk was not asked for.
-                let mut scratch = Zeroizing::new(vec![0u8; n]);
-                self.open_chunk(t, &key, j, &mut scratch, mode)?;
-                piece.copy_from_slice(&scratch[skip..skip + piece.len()]);
-                Ok(())
-            };
-            try_each(pieces, (end - start) as usize, open)
-        };
-        let result = self.with_mode(|mode| read(mode, &mut *out));
+        let result = self.with_mode(|mode| {
+            self.open_range(t, start, &mut *out, |j, buf| {
+                self.open_chunk(t, &key, j, buf, mode)
+            })
+        });
         let result = self.src.check_intact(&self.name).and(result);
         if result.is_err() {
             out.fill(0);
@@ -769,16 +752,7 @@ impl Reader {
         fetched: &[u8],
     ) -> Result<()> {
         let t = self.tensor(idx)?;
-        let end = start
-            .checked_add(out.len() as u64)
-            .filter(|&e| e <= t.nbytes())
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "byte range is outside tensor {:?} ({} bytes)",
-                    t.name,
-                    t.nbytes()
-                ))
-            })?;
+        let end = range_end(t, start, out.len())?;
         let fetched_end = at
             .checked_add(fetched.len() as u64)
             .ok_or_else(|| Error::InvalidArgument("fetched range overflows".into()))?;
@@ -803,7 +777,32 @@ impl Reader {
         if t.nbytes() == 0 {
             return self.open_stored(t, &key, 0, stored(0)?, &mut []);
         }
+        if start == end {
+            return Ok(());
+        }
+        // Chunks are contiguous: if the first and the last are held, all are (checked before
+        // anything is decrypted).
         let cs = self.header.chunk_size;
+        stored(start / cs)?;
+        stored((end - 1) / cs)?;
+        self.open_range(t, start, out, |j, buf| {
+            self.open_stored(t, &key, j, stored(j)?, buf)
+        })
+    }
+
+    /// Decrypts bytes `[start, start + out.len())` of tensor `t` (a range inside it) chunk by
+    /// chunk, on all cores when it is large: `open(j, buf)` verifies chunk `j` whole into
+    /// `buf` (the chunk's length); a chunk needed only in part goes through a scratch buffer.
+    fn open_range(
+        &self,
+        t: &TensorInfo,
+        start: u64,
+        out: &mut [u8],
+        open: impl Fn(u64, &mut [u8]) -> Result<()> + Sync + Send,
+    ) -> Result<()> {
+        let cs = self.header.chunk_size;
+        let end = start + out.len() as u64;
+        let total = out.len();
         let mut pieces = Vec::new();
         let mut rest = out;
         let mut pos = start;
@@ -811,21 +810,25 @@ impl Reader {
             let j = pos / cs;
             let take = ((j + 1) * cs).min(end) - pos;
             let (piece, tail) = rest.split_at_mut(take as usize);
-            pieces.push((j, (pos - j * cs) as usize, stored(j)?, piece));
+            pieces.push((j, (pos - j * cs) as usize, piece));
             rest = tail;
             pos += take;
         }
-        let open = |(j, skip, bytes, piece): (u64, usize, &[u8], &mut [u8])| -> Result<()> {
-            if skip == 0 && piece.len() == bytes.len() {
-                return self.open_stored(t, &key, j, bytes, piece);
-            }
-            // Wiped when dropped: the rest of the chunk was not asked for.
-            let mut scratch = Zeroizing::new(vec![0u8; bytes.len()]);
-            self.open_stored(t, &key, j, bytes, &mut scratch)?;
-            piece.copy_from_slice(&scratch[skip..skip + piece.len()]);
-            Ok(())
-        };
-        try_each(pieces, (end - start) as usize, open)
+        try_each(
+            pieces,
+            total,
+            |(j, skip, piece): (u64, usize, &mut [u8])| {
+                let n = self.chunk_len(t, j);
+                if skip == 0 && piece.len() == n {
+                    return open(j, piece);
+                }
+                // Wiped when dropped: the rest of the chunk was not asked for.
+                let mut scratch = Zeroizing::new(vec![0u8; n]);
+                open(j, &mut scratch)?;
+                piece.copy_from_slice(&scratch[skip..skip + piece.len()]);
+                Ok(())
+            },
+        )
     }
 
     /// Verifies chunk `j` of tensor `t` from its stored bytes `stored`, private to this process,
