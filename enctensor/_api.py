@@ -38,7 +38,6 @@ from ._remote import (
     open_reader,
     open_remote,
     read_front,
-    read_whole,
     upload,
 )
 from ._slice import plan
@@ -154,11 +153,13 @@ def _index_format(p: str, storage_options: StorageOptions = None) -> str | None:
     if is_url(p):
         if not p.endswith(".json"):
             return None
+        from .convert.sharded import read_json
+
         try:
-            head = read_whole(p, storage_options)
+            _, obj = read_json(p, storage_options=storage_options)
         except (OSError, ValueError):
             return None
-        return _index_format_of(head)
+        return _index_format_of(obj)
     try:
         with open(p, "rb") as f:
             head = f.read(16)
@@ -175,15 +176,9 @@ def _index_format(p: str, storage_options: StorageOptions = None) -> str | None:
     return fmt if fmt in ("index", "enctensor-index") else None
 
 
-def _index_format_of(raw: bytes) -> str | None:
-    """:func:`_index_format` of a remote file's bytes: an index whose shards are named
+def _index_format_of(obj: object) -> str | None:
+    """:func:`_index_format` of a remote JSON file's value: an index whose shards are named
     ``*.enct`` is taken as encrypted (fetching a shard to look would cost a request)."""
-    import json
-
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
     if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
         return None
     from .convert.sharded import ENC_SUFFIX

@@ -419,15 +419,6 @@ def inspect_url(url: str, storage_options: Mapping[str, Any] | None = None) -> A
     return _core.inspect_front(read_front(remote), remote.size)
 
 
-def read_whole(url: str, storage_options: Mapping[str, Any] | None = None, limit: int = 64 << 20) -> bytes:
-    """The whole (small) remote file ``url``: an index, a manifest. Refuses more than
-    ``limit`` bytes."""
-    remote = open_remote(url, storage_options)
-    if remote.size > limit:
-        raise ValueError(f"{url} is {remote.size} bytes, more than the {limit} expected of it")
-    return remote.fetch(0, remote.size)
-
-
 @contextlib.contextmanager
 def upload(
     url: str, storage_options: Mapping[str, Any] | None = None, *, overwrite: bool = True
