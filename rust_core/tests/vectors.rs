@@ -38,16 +38,21 @@ fn credential(meta: &Value) -> Result<Credential, Error> {
     Credential::key(&[0u8; 32])
 }
 
-/// Reads every tensor whole, then checks that `verify_all` and chunk-by-chunk slices agree
-/// with the whole reads (same bytes, or the same failure class).
-fn run(meta: &Value, file: Vec<u8>) -> Result<Vec<(String, String)>, Error> {
-    let cred = credential(meta)?;
+/// The credential, verification key and scrypt cap a vector is opened with.
+fn open_args(meta: &Value) -> Result<(Credential, Option<Vec<u8>>, u8), Error> {
     let verify = meta
         .get("verify_key")
         .map(|v| hex::decode(v.as_str().unwrap()).unwrap());
     let cap = meta
         .get("max_scrypt_log_n")
         .map_or(DEFAULT_MAX_SCRYPT_LOG_N, |v| v.as_u64().unwrap() as u8);
+    Ok((credential(meta)?, verify, cap))
+}
+
+/// Reads every tensor whole, then checks that `verify_all` and chunk-by-chunk slices agree
+/// with the whole reads (same bytes, or the same failure class).
+fn run(meta: &Value, file: Vec<u8>) -> Result<Vec<(String, String)>, Error> {
+    let (cred, verify, cap) = open_args(meta)?;
     let r = Reader::from_bytes(file, &cred, verify.as_deref(), cap)?;
     let mut out = Vec::new();
     let mut whole = Ok(());
@@ -77,13 +82,7 @@ fn run(meta: &Value, file: Vec<u8>) -> Result<Vec<(String, String)>, Error> {
 /// The same vector read by ranges, as a remote file is (`spec/FORMAT.md`, "Ranged readers"):
 /// the front up to the data, then each tensor from the bytes of its span alone.
 fn run_ranged(meta: &Value, file: &[u8]) -> Result<Vec<(String, String)>, Error> {
-    let cred = credential(meta)?;
-    let verify = meta
-        .get("verify_key")
-        .map(|v| hex::decode(v.as_str().unwrap()).unwrap());
-    let cap = meta
-        .get("max_scrypt_log_n")
-        .map_or(DEFAULT_MAX_SCRYPT_LOG_N, |v| v.as_u64().unwrap() as u8);
+    let (cred, verify, cap) = open_args(meta)?;
     let len = file.len() as u64;
     let need = header::prefix_len(&file[..file.len().min(64)], len)? as usize;
     let front = file[..need].to_vec();
