@@ -221,8 +221,8 @@ enct_status enct_open_memory(const uint8_t *data,
                              const struct enct_open_options *options,
                              struct enct_reader **out);
 
-// Closes a reader: unmaps the file, stops its threads and wipes its file key. NULL is
-// ignored.
+// Closes a reader: unmaps the file, wipes its file key, and stops its threads, which have
+// ended when this returns (so the library may be unloaded next). NULL is ignored.
 //
 // # Safety
 // `reader` must be NULL or a reader from this library not closed before, and no other thread

@@ -8,6 +8,7 @@
 //! thread-local message. Handles own their secrets, which are wiped when they are freed.
 #![allow(non_camel_case_types)]
 
+mod pool;
 mod status;
 
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -22,6 +23,7 @@ use crate::header::{self, Header, Stanza};
 use crate::keys::{self, Credential, DEFAULT_MAX_SCRYPT_LOG_N};
 use crate::reader::{self, Reader};
 
+use pool::OwnPool;
 pub use status::*;
 use status::{guard, guard_value, Failure};
 
@@ -106,7 +108,7 @@ type NulTerminated = Box<[u8]>;
 /// once; `enct_close` must not race with them.
 pub struct enct_reader {
     reader: Reader,
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<OwnPool>,
     /// Tensor names, each followed by a NUL.
     names: Vec<NulTerminated>,
     /// Metadata keys and values, each followed by a NUL.
@@ -551,21 +553,13 @@ fn open(
             Reader::from_bytes(bytes, cred, opts.verify_key, opts.max_scrypt_log_n)?
         }
     };
-    let pool = match opts.threads {
-        0 => None,
-        n => Some(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n as usize)
-                .thread_name(|i| format!("enctensor-{i}"))
-                .build()
-                .map_err(|e| {
-                    Failure::io(
-                        &std::io::Error::other(e.to_string()),
-                        format!("cannot start {n} decryption threads: {e}"),
-                    )
-                })?,
-        ),
-    };
+    let pool =
+        match opts.threads {
+            0 => None,
+            n => Some(OwnPool::new(n as usize).map_err(|e| {
+                Failure::io(&e, format!("cannot start {n} decryption threads: {e}"))
+            })?),
+        };
     let h = reader.header();
     let names = h
         .tensors
@@ -644,8 +638,8 @@ pub unsafe extern "C" fn enct_open_memory(
     })
 }
 
-/// Closes a reader: unmaps the file, stops its threads and wipes its file key. NULL is
-/// ignored.
+/// Closes a reader: unmaps the file, wipes its file key, and stops its threads, which have
+/// ended when this returns (so the library may be unloaded next). NULL is ignored.
 ///
 /// # Safety
 /// `reader` must be NULL or a reader from this library not closed before, and no other thread
