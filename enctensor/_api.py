@@ -6,7 +6,7 @@ import errno
 import math
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from ._remote import (
 )
 from ._slice import plan
 from .errors import FormatError, IntegrityError, TensorNotFoundError
+
+if TYPE_CHECKING:
+    from .convert.sharded import Index
 
 PathLike = str | os.PathLike[str]
 #: fsspec's options for a URL's filesystem (credentials, endpoint, ...), as in pandas.
@@ -174,6 +177,20 @@ def _index_format(p: str, storage_options: StorageOptions = None) -> str | None:
     except (OSError, ValueError):
         return None
     return fmt if fmt in ("index", "enctensor-index") else None
+
+
+def _remote_index(p: str, storage_options: StorageOptions) -> Index | None:
+    """The parsed index at URL ``p`` if it is a sharded checkpoint's index (looked at only when
+    its name ends in ``.json``), else ``None``, also when it cannot be read (the reader reports
+    that)."""
+    if not (is_url(p) and p.endswith(".json")):
+        return None
+    from .convert.sharded import read_index
+
+    try:
+        return read_index(p, storage_options)
+    except (OSError, ValueError):
+        return None
 
 
 def _index_format_of(obj: object) -> str | None:
@@ -453,7 +470,9 @@ def _open_readers(
     are those of :func:`_open` and apply to every shard; a directory or an index of
     unencrypted shards is refused as :func:`_open` refuses it."""
     p = _file_name(path)
-    fmt = _index_format(p, storage_options)
+    # A URL index is fetched once, here, and handed to open_set (each fetch is a request).
+    index = _remote_index(p, storage_options)
+    fmt = _index_format_of(index.obj) if index is not None else _index_format(p, storage_options)
     if fmt == "enctensor-index":
         from ._sharded import open_set
 
@@ -465,6 +484,7 @@ def _open_readers(
             expect_metadata=expect_metadata,
             max_scrypt_log_n=max_scrypt_log_n,
             storage_options=storage_options,
+            index=index,
         )
         return [reader for _, reader in shards], True
     if fmt is not None:

@@ -26,13 +26,16 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
 from ._api import DEFAULT_MAX_SCRYPT_LOG_N, Reader, _open, read_readers
 from ._remote import UrlPath, as_path
 from .errors import IntegrityError
+
+if TYPE_CHECKING:
+    from .convert.sharded import Index
 
 PathLike = str | os.PathLike[str]
 
@@ -284,16 +287,19 @@ def open_set(
     expect_checkpoint: str | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
     storage_options: Mapping[str, Any] | None = None,
+    index: Index | None = None,
 ) -> list[tuple[str, Reader]]:
     """Opens and authenticates every shard of the sharded checkpoint whose encrypted index is
     ``index_path`` and checks that they are one whole set (:func:`bind`); returns ``(shard
     file name, reader)`` in set order. The arguments are those of :func:`load_sharded`; no
     tensor is decrypted. A URL index names shards at URLs next to it (``storage_options`` as
-    for :func:`enctensor.load`)."""
+    for :func:`enctensor.load`). ``index`` is the index at ``index_path`` if the caller has
+    already read it."""
     from .convert.sharded import read_index
 
     pinned = check_expected_checkpoint(expect_checkpoint)
-    index = read_index(index_path, storage_options)
+    if index is None:
+        index = read_index(index_path, storage_options)
 
     def open_shard(path: Path | UrlPath) -> Reader:
         try:

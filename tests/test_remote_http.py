@@ -226,12 +226,17 @@ def test_a_sharded_set_by_url_and_a_missing_shard(http_server: RangeServer) -> N
     state = reference_state(3)
     write_set(http_server.root, state)
     url = http_server.url(INDEX)
+    http_server.reset()
     out = enctensor.load(url, key=KEY)
     assert set(out) == set(state)
+    # The index is fetched once (telling it from a file, then opening the set, share it).
+    assert [r.path for r in http_server.gets()].count("/" + INDEX) == 1
     for name, value in state.items():
         assert torch.equal(torch.from_numpy(out[name]), value)
+    http_server.reset()
     with enctensor.safe_open(url, key=KEY, framework="pt") as f:
         assert torch.equal(f.get_slice("embed.weight")[10:20], state["embed.weight"][10:20])
+    assert [r.path for r in http_server.gets()].count("/" + INDEX) == 1
     (http_server.root / "model-00002-of-00003.enct").unlink()
     with pytest.raises(IntegrityError, match="shard 2 of 3 of this checkpoint is missing"):
         enctensor.load(url, key=KEY)
