@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up from nothing and runs every test: Rust (fmt, clippy, cargo test) and Python (ruff,
-# stub check, pytest, including every spec vector through both readers). Fails loudly.
+# stub check, mypy, pytest, including every spec vector through both readers). Fails loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,10 +16,11 @@ echo "== rust: fmt, clippy, tests =="
   cargo test
 )
 
-echo "== python: ruff, stubtest =="
+echo "== python: ruff, stubtest, mypy =="
 python -m ruff check .
 python -m ruff format --check .
 (cd /tmp && python -m mypy.stubtest enctensor._core)
+python -m mypy enctensor
 
 echo "== rust: bounded fuzzing (cargo-fuzz, 30 s per target) =="
 bash scripts/fuzz.sh 30
