@@ -636,7 +636,12 @@ fn write_bytes<'py>(
         let mut cur = std::io::Cursor::new(Vec::new());
         writer::write_to(&mut cur, &prep.sources(), &prep.opts).map(|_| cur.into_inner())
     })?;
-    Ok(PyBytes::new(py, &out))
+    // The new bytes object is reachable by no one else until returned, so it is filled with
+    // the GIL released.
+    PyBytes::new_with(py, out.len(), |dst| {
+        py.detach(|| dst.copy_from_slice(&out));
+        Ok(())
+    })
 }
 
 /// Changes who can open a file (opened with one credential) without touching tensor bytes.
