@@ -405,8 +405,15 @@ def open_reader(
     remote = open_remote(url, storage_options)
     front = read_front(remote)
     how = opener(lambda: [dict(fields) for fields in _core.inspect_front(front, remote.size)[2]])
+    return reader_from_front(remote, front, **how, **kwargs)
+
+
+def reader_from_front(remote: RemoteFile, front: bytes, **kwargs: Any) -> RemoteReader:
+    """A reader of ``remote`` from its ``front`` (:func:`read_front`): ``kwargs`` are those of
+    ``_core.Reader`` (a credential, ``verify_key``, ``max_scrypt_log_n``). A front fetched
+    once serves several tries with other credentials."""
     try:
-        inner = _core.Reader.from_front(front, remote.size, url, **how, **kwargs)
+        inner = _core.Reader.from_front(front, remote.size, remote.url, **kwargs)
     except (IntegrityError, FormatError) as e:
         remote.check_unchanged(e)
         raise

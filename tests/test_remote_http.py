@@ -288,3 +288,68 @@ def test_the_cli_inspects_and_verifies_urls(http_server: RangeServer, tmp_path: 
     shown = json.loads(ok(cli("inspect", "--json", url, "-k", key_file, cwd=tmp_path)).stdout)
     assert list(shown["stanzas_opened_by"].values()) == [[0]]
     failed(cli("verify", http_server.url("nothing.enct"), "--key", key_file, cwd=tmp_path), 1, "nothing.enct")
+
+
+def test_the_cli_decrypts_urls(http_server: RangeServer, tmp_path: Path) -> None:
+    """``enctensor decrypt URL OUT`` writes what decrypting the same file locally writes: a
+    single file (to a file and to standard output) and an encrypted sharded checkpoint; the
+    front of a file is fetched once however many keys are tried; a tampered object leaves no
+    output, a plaintext index is refused as not encrypted."""
+    from cli_support import cli, failed, ok
+    from test_sharded_access import INDEX, PLAIN_INDEX, reference_state, write_set
+
+    t = sample()
+    url = write(http_server, "cli.enct", t)
+    key_file, other_file = tmp_path / "k.key", tmp_path / "other.key"
+    key_file.write_bytes(KEY)
+    other_file.write_bytes(OTHER_KEY)
+    local = tmp_path / "local.safetensors"
+    ok(cli("decrypt", http_server.root / "cli.enct", local, "-k", key_file, cwd=tmp_path))
+    http_server.reset()
+    ok(cli("decrypt", url, tmp_path / "remote.safetensors", "-k", other_file, "-k", key_file, cwd=tmp_path))
+    assert (tmp_path / "remote.safetensors").read_bytes() == local.read_bytes()
+    # One HEAD and one GET of the front open the file for both keys; then come the tensors.
+    sent = [(r.method, r.range) for r in http_server.requests]
+    assert sent[:2] == [("HEAD", None), ("GET", f"bytes=0-{_remote.HEAD_BYTES - 1}")]
+    assert sent[2][0] == "GET" and not str(sent[2][1]).startswith("bytes=0-")
+    streamed = ok(cli("decrypt", url, "-", "-k", key_file, cwd=tmp_path)).stdout
+    assert streamed == local.read_bytes()
+
+    state = reference_state(3)
+    d = tmp_path / "set"
+    d.mkdir()
+    write_set(d, state)
+    write_set(http_server.root, state)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "remote").mkdir()
+    ok(cli("decrypt", d / INDEX, tmp_path / "local" / PLAIN_INDEX, "-k", key_file, cwd=tmp_path))
+    ok(
+        cli(
+            "decrypt", http_server.url(INDEX), tmp_path / "remote" / PLAIN_INDEX, "-k", key_file, cwd=tmp_path
+        )
+    )
+    made = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert made == sorted(p.name for p in (tmp_path / "remote").iterdir()) and len(made) == 4
+    for name in made:
+        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+
+    path = http_server.root / "cli.enct"
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 1
+    replace(path, bytes(raw))
+    failed(
+        cli("decrypt", url, tmp_path / "bad.safetensors", "-k", key_file, cwd=tmp_path), 4, "authentication"
+    )
+    assert not (tmp_path / "bad.safetensors").exists()
+    (http_server.root / PLAIN_INDEX).write_text('{"weight_map": {"w": "model.safetensors"}}')
+    failed(
+        cli("decrypt", http_server.url(PLAIN_INDEX), tmp_path / "p.json", "-k", key_file, cwd=tmp_path),
+        5,
+        "is not encrypted",
+    )
+    # Re-keying rewrites a file in place, which a URL is not.
+    failed(
+        cli("rekey", url, "-k", key_file, "--add-key", other_file, cwd=tmp_path),
+        2,
+        "rekey rewrites a local file",
+    )

@@ -18,6 +18,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from conftest import KEY
 from remote_servers import S3Server
+from safetensors.numpy import load_file
 from test_dcp import _group, _launch, _load_worker, assert_same, blank_state, full_state, sharded
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.tensor import Shard
@@ -238,3 +239,22 @@ def test_the_cli_takes_its_storage_options_from_fsspec_configuration(
     assert f"{url}: OK (1 tensors" in out
     shown = json.loads(ok(cli("inspect", "--json", url, cwd=tmp_path, env=env)).stdout)
     assert [t["name"] for t in shown["tensors"]] == ["x"]
+    ok(cli("decrypt", url, tmp_path / "x.safetensors", "-k", key_file, cwd=tmp_path, env=env))
+    assert np.array_equal(load_file(tmp_path / "x.safetensors")["x"], np.arange(1000, dtype=np.int16))
+
+
+def test_decrypt_file_takes_a_url_and_its_storage_options(
+    s3_bucket: tuple[S3Server, str], tmp_path: Path
+) -> None:
+    from enctensor.convert import decrypt_file
+
+    server, bucket = s3_bucket
+    options = server.storage_options()
+    t = {"x": np.arange(5000, dtype=np.float32).reshape(50, 100), "y": np.ones(3, np.int64)}
+    url = f"s3://{bucket}/d.enct"
+    enctensor.save(t, url, key=KEY, metadata={"note": "kept"}, storage_options=options)
+    out = tmp_path / "d.safetensors"
+    done = decrypt_file(url, out, key=[bytes(32), KEY], storage_options=options)
+    assert (done.source_format, done.output_format, done.tensors) == ("enctensor", "safetensors", 2)
+    got = load_file(out)
+    assert all(np.array_equal(got[k], t[k]) for k in t)

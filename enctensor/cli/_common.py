@@ -36,6 +36,7 @@ from .._keys import (
     pem_is_protected,
     read_age_key,
 )
+from .._remote import is_url
 from ..errors import FormatError, IntegrityError, WrongKeyError
 
 EXIT_OK = 0
@@ -742,10 +743,13 @@ def refuse_directory(path: str) -> None:
 
 
 def _check_encrypted(path: str, command: str) -> str:
-    from ..convert import FORMATS, detect_format  # imported when needed: start-up time
+    from ..convert import FORMATS, detect_format, url_format  # imported when needed: start-up time
 
-    refuse_directory(path)
-    fmt = detect_format(path)
+    if is_url(path):
+        fmt: str | None = url_format(path)
+    else:
+        refuse_directory(path)
+        fmt = detect_format(path)
     if fmt not in ("enctensor", "enctensor-index"):
         if fmt in FORMATS:
             raise CliError(

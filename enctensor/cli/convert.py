@@ -455,7 +455,9 @@ def _add_decrypt(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         " byte. The output format comes from --format, else from OUT's extension (.safetensors, .params,"
         " .json for an index), else from what IN was converted from, else safetensors. A safetensors"
         " OUT keeps the file's metadata (in __metadata__); a .params file holds none.\n\n"
-        "IN may be - for standard input (copied to a temporary file in $TMPDIR first: it is encrypted)."
+        "IN may be - for standard input (copied to a temporary file in $TMPDIR first: it is encrypted),"
+        " or a URL (s3://, https://, ... through fsspec, with options from the environment or"
+        " fsspec's configuration, e.g. FSSPEC_S3), fetched by ranges as it is decrypted."
         " OUT may be - for standard output (never a terminal): the plaintext is written into it as each"
         " step is verified, and nothing goes to disk; if a check fails, the output stops part way and"
         " the exit status is not 0, so a reader must check it. A file named - is never made.\n\nOn a"
@@ -464,13 +466,16 @@ def _add_decrypt(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         epilog="examples:\n"
         "  enctensor decrypt model.enct model.safetensors -k model.key\n"
         "  enctensor decrypt model.enct model.params -i me.pem --verify-with ed25519:<hex>\n"
-        "  enctensor decrypt model.enct - -i key.age | python load_from_stdin.py\n\n"
+        "  enctensor decrypt model.enct - -i key.age | python load_from_stdin.py\n"
+        "  enctensor decrypt s3://bucket/model.enct model.safetensors -i me.pem\n\n"
         + json_epilog("decrypt")
         + "\n\n"
         + _EPILOG,
     )
     p.add_argument(
-        "input", metavar="IN", help="the enctensor file or encrypted index, or - for standard input"
+        "input",
+        metavar="IN",
+        help="the enctensor file or encrypted index (a path or a URL), or - for standard input",
     )
     p.add_argument("output", metavar="OUT", help="the plaintext file to write, or - for standard output")
     _add_open_options(p)

@@ -192,10 +192,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..convert import detect_format, verify_file
 
     # An encrypted model directory is verified whole: weights and the copied files they list.
-    # A URL is fetched by ranges (verify_file), and its format told by its own errors.
-    if is_url(args.file):
-        pass
-    elif not (os.path.isdir(args.file) and detect_format(args.file) == "enctensor-directory"):
+    if is_url(args.file) or not (
+        os.path.isdir(args.file) and detect_format(args.file) == "enctensor-directory"
+    ):
         _check_encrypted(args.file, "verify")
     creds = credentials(args)
     progress = _progress(args, f"verifying {os.path.basename(args.file)}")

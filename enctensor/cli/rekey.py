@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa, x25519
 
 from .. import _api as api
 from .._api import DEFAULT_SCRYPT_LOG_N
+from .._remote import is_url
 from ._common import (
     _EPILOG,
     EXIT_OK,
@@ -134,6 +135,13 @@ def _changes(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
 def cmd_rekey(args: argparse.Namespace) -> int:
     from ..convert import rekey_file  # imported when needed: start-up time
 
+    if is_url(args.file):
+        raise CliError(
+            EXIT_USAGE,
+            args.file,
+            "is a URL, and rekey rewrites a local file in place",
+            "download it, re-key the copy, then upload it again",
+        )
     _check_encrypted(args.file, "rekey")
     _check_usage(args)
     current = _current_credentials(args)

@@ -69,7 +69,6 @@ from .._keys import (
     WriteKey,
 )
 from .._remote import is_url
-from ..errors import WrongKeyError
 from . import directory as _directory
 from . import safetensors as _st
 from . import sharded as _sharded
@@ -166,6 +165,15 @@ def detect_format(path: PathLike) -> str | None:
     return None
 
 
+def url_format(url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """:func:`detect_format` of a remote file, as far as it can be told without fetching the
+    file: ``"enctensor-index"`` or ``"index"`` for a sharded checkpoint's index (a ``.json``
+    URL, whose shards' names tell which), else ``"enctensor"`` (opening it says if not)."""
+    from .._api import _index_format
+
+    return _index_format(url, storage_options) or "enctensor"
+
+
 def _index_is_encrypted(path: Path, weight_map: dict[str, object]) -> bool:
     """Whether the shards of an index are enctensor files (the first one tells)."""
     for shard in weight_map.values():
@@ -247,10 +255,17 @@ def encrypt_file(
     return Conversion(fmt, "enctensor", outputs, tensors, nbytes)
 
 
-def output_format(dst: PathLike, src: PathLike, requested: str | None = None) -> str:
-    """The plaintext format to decrypt ``src`` (an enctensor file or encrypted index) to:
-    ``requested`` if given, else from ``dst``'s extension, else the format ``src`` was
-    converted from if it is recorded, else ``"safetensors"``."""
+def output_format(
+    dst: PathLike,
+    src: PathLike,
+    requested: str | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """The plaintext format to decrypt ``src`` (an enctensor file or encrypted index, or a
+    URL of one, with ``storage_options``) to: ``requested`` if given, else from ``dst``'s
+    extension, else the format ``src`` was converted from if it is recorded, else
+    ``"safetensors"``."""
     if requested is not None and requested not in FORMATS:
         raise ValueError(f"unknown format {requested!r} (choose from {', '.join(FORMATS)})")
     by_ext = _EXTENSIONS.get(Path(dst).suffix.lower())
@@ -258,10 +273,11 @@ def output_format(dst: PathLike, src: PathLike, requested: str | None = None) ->
         raise ValueError(f"{dst}: the extension says {by_ext} but the format asked for is {requested}")
     if requested is not None or by_ext is not None:
         return requested or by_ext  # type: ignore[return-value]
-    if detect_format(src) == "enctensor-index":
+    src_fmt = url_format(os.fspath(src), storage_options) if is_url(src) else detect_format(src)
+    if src_fmt == "enctensor-index":
         return "index"
     with about(src):
-        metadata = _inspect(src)["metadata"]
+        metadata = _inspect(src, storage_options=storage_options)["metadata"]
     return "params" if _tvm.METADATA_KEY in metadata else "safetensors"
 
 
@@ -290,9 +306,11 @@ def decrypt_file(
     overwrite: bool = False,
     mode: int | None = None,
     progress: ProgressCallback | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Conversion:
     """Decrypts an enctensor file (or an encrypted sharded checkpoint index and its shards)
-    to ``dst`` in the format chosen by :func:`output_format`. Every byte is verified before
+    to ``dst`` in the format chosen by :func:`output_format`. ``src`` may be a URL (fsspec,
+    with ``storage_options``, as for :func:`enctensor.load`), fetched by ranges. Every byte is verified before
     it is written; on any failure no output is left behind. ``key`` is anything
     :func:`enctensor.load` takes as a key (except a key provider), or a list of those, tried
     in turn. ``verify_with`` (an Ed25519 public key) requires every file to carry a valid
@@ -311,9 +329,14 @@ def decrypt_file(
     files (weights and their indexes), and copied files keep their modes."""
     file_mode = check_mode(mode)
     secret = Secret.for_reading(
-        key, passphrase, verify_with, max_scrypt_log_n=max_scrypt_log_n, expect_metadata=expect_metadata
+        key,
+        passphrase,
+        verify_with,
+        max_scrypt_log_n=max_scrypt_log_n,
+        expect_metadata=expect_metadata,
+        storage_options=storage_options,
     )
-    if os.path.isdir(src):
+    if not is_url(src) and os.path.isdir(src):
         if format is not None or expect_checkpoint is not None:
             raise ValueError(
                 f"{src}: a directory decrypts to the formats it was encrypted from: format= and"
@@ -323,11 +346,11 @@ def decrypt_file(
             src, dst, secret, overwrite=overwrite, mode=file_mode, new_mode=PLAINTEXT_MODE, progress=progress
         )
         return Conversion("enctensor-directory", "directory", [Path(dst)], tensors, nbytes)
-    src_fmt = detect_format(src)
+    src_fmt = url_format(os.fspath(src), storage_options) if is_url(src) else detect_format(src)
     if src_fmt not in ("enctensor", "enctensor-index"):
         raise _not_a(src, src_fmt, "an enctensor file or encrypted checkpoint index")
     _checkpoint_is_for_sets(src, src_fmt, expect_checkpoint)
-    fmt = output_format(dst, src, format)
+    fmt = output_format(dst, src, format, storage_options=storage_options)
     if (src_fmt == "enctensor-index") != (fmt == "index"):
         if fmt == "index":
             raise ValueError(
@@ -370,60 +393,6 @@ def _checkpoint_is_for_sets(src: PathLike, fmt: str | None, expect_checkpoint: s
         )
 
 
-def _verify_url(
-    url: str,
-    key: Key | list[Key] | tuple[Key, ...] | None,
-    passphrase: Passphrase | None,
-    verify_with: VerifyKey | None,
-    *,
-    expect_metadata: Mapping[str, str] | None,
-    expect_checkpoint: str | None,
-    max_scrypt_log_n: int,
-) -> tuple[int, int]:
-    """:func:`verify_file` of a remote file or sharded checkpoint index: each key in turn
-    until one opens it."""
-    from .._api import _index_format, _not_one_file, _open_file
-    from .._sharded import open_set
-
-    fmt = _index_format(url)
-    if fmt == "index":
-        raise _not_one_file(url, fmt, "verify")
-    _checkpoint_is_for_sets(url, fmt or "enctensor", expect_checkpoint)
-    candidates = list(key) if isinstance(key, list | tuple) else [key]
-    for i, candidate in enumerate(candidates):
-        try:
-            if fmt == "enctensor-index":
-                shards = open_set(
-                    url,
-                    key=candidate,
-                    passphrase=passphrase,
-                    verify_with=verify_with,
-                    expect_metadata=expect_metadata,
-                    expect_checkpoint=expect_checkpoint,
-                    max_scrypt_log_n=max_scrypt_log_n,
-                )
-                readers = [reader for _, reader in shards]
-            else:
-                readers = [
-                    _open_file(
-                        url,
-                        candidate,
-                        passphrase,
-                        verify_with,
-                        expect_metadata=expect_metadata,
-                        max_scrypt_log_n=max_scrypt_log_n,
-                    )
-                ]
-            break
-        except WrongKeyError:
-            if i + 1 == len(candidates):
-                raise
-    for reader in readers:
-        reader.verify()
-    rows = [row for reader in readers for row in reader.tensors()]
-    return len(rows), sum(r[4] for r in rows)
-
-
 def verify_file(
     src: PathLike,
     *,
@@ -433,6 +402,7 @@ def verify_file(
     expect_metadata: Mapping[str, str] | None = None,
     expect_checkpoint: str | None = None,
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[int, int]:
     """Verifies every chunk tag of an enctensor file (or of every shard of an encrypted
     index) without keeping any plaintext, and with ``verify_with`` (an Ed25519 public key)
@@ -440,28 +410,24 @@ def verify_file(
     :class:`~enctensor.WrongKeyError`, :class:`~enctensor.IntegrityError` or
     :class:`~enctensor.FormatError`. ``expect_metadata``, ``expect_checkpoint`` and
     ``max_scrypt_log_n`` are as for :func:`decrypt_file`. An encrypted model directory is
-    verified whole, as :func:`verify_directory` does. A URL (fsspec, with its default
-    options: environment, fsspec's configuration) is fetched by ranges, every chunk of it."""
-    if is_url(os.fspath(src)):
-        return _verify_url(
-            os.fspath(src),
-            key,
-            passphrase,
-            verify_with,
-            expect_metadata=expect_metadata,
-            expect_checkpoint=expect_checkpoint,
-            max_scrypt_log_n=max_scrypt_log_n,
-        )
+    verified whole, as :func:`verify_directory` does. A URL (fsspec, with
+    ``storage_options``) is fetched by ranges, every chunk of it."""
     secret = Secret.for_reading(
-        key, passphrase, verify_with, max_scrypt_log_n=max_scrypt_log_n, expect_metadata=expect_metadata
+        key,
+        passphrase,
+        verify_with,
+        max_scrypt_log_n=max_scrypt_log_n,
+        expect_metadata=expect_metadata,
+        storage_options=storage_options,
     )
-    if os.path.isdir(src):
+    url = is_url(os.fspath(src))
+    if not url and os.path.isdir(src):
         if expect_checkpoint is not None:
             raise ValueError(
                 f"{src}: expect_checkpoint pins one sharded checkpoint: give its encrypted index, not a directory"
             )
         return _directory.verify(src, secret)
-    fmt = detect_format(src)
+    fmt = url_format(os.fspath(src), storage_options) if url else detect_format(src)
     _checkpoint_is_for_sets(src, fmt, expect_checkpoint)
     if fmt == "enctensor-index":
         return _sharded.verify(src, secret, expect_checkpoint=expect_checkpoint)

@@ -24,11 +24,13 @@ from .. import _core
 from .._alloc import aligned_empty
 from .._api import (
     DEFAULT_MAX_SCRYPT_LOG_N,
+    Reader,
     check_expect_metadata,
     check_max_scrypt_log_n,
     check_pinned_metadata,
 )
 from .._keys import check_keys, check_passphrase, opener, recipient_kwargs, sign_seed, verify_bytes
+from .._remote import is_url, open_remote, read_front, reader_from_front
 from ..errors import FormatError, WrongKeyError
 
 PathLike = str | os.PathLike[str]
@@ -93,6 +95,8 @@ class Secret:
     max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N
     #: Reading: metadata entries every opened file must hold with exactly these values.
     expect_metadata: tuple[tuple[str, str], ...] = ()
+    #: Reading: fsspec's options for files named by URL (they may hold credentials).
+    storage_options: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def for_writing(
@@ -122,11 +126,13 @@ class Secret:
         *,
         max_scrypt_log_n: int = DEFAULT_MAX_SCRYPT_LOG_N,
         expect_metadata: Mapping[str, str] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> Secret:
         """From ``key=`` (anything :func:`enctensor.load` takes as a key except a key provider,
         or a list or tuple of those, tried in turn) or ``passphrase=``, plus ``verify_with=``
         (an Ed25519 public key, as :func:`enctensor.load` takes it), ``max_scrypt_log_n=`` and
-        ``expect_metadata=`` (checked on every file opened)."""
+        ``expect_metadata=`` (checked on every file opened), and ``storage_options=`` for
+        files named by URL."""
         pins = check_expect_metadata(expect_metadata)
         cap = check_max_scrypt_log_n(max_scrypt_log_n)
         if isinstance(key, str):
@@ -140,7 +146,14 @@ class Secret:
         verify_key = verify_bytes(verify_with)
         # Loaded once (a key file is read here, not for every shard).
         creds = tuple(opener(k, None) for k in given)
-        return cls(creds, p, verify_key=verify_key, max_scrypt_log_n=cap, expect_metadata=pins)
+        return cls(
+            creds,
+            p,
+            verify_key=verify_key,
+            max_scrypt_log_n=cap,
+            expect_metadata=pins,
+            storage_options=storage_options,
+        )
 
     def write_args(self) -> dict[str, Any]:
         return {
@@ -184,14 +197,24 @@ class Secret:
         p = os.fspath(path)
         return self.attempt(path, lambda cred: _core.Reader(p, **cred))[1]
 
-    def open(self, path: PathLike) -> _core.Reader:
+    def open(self, path: PathLike) -> Reader:
         """Opens and authenticates ``path`` with the first credential that opens it (and
         checks its signature, if a verification key was given), then checks the
-        ``expect_metadata`` entries."""
+        ``expect_metadata`` entries. A URL is opened by ranges (with ``storage_options``),
+        its front fetched once for every credential tried."""
         p = os.fspath(path)
+        open_with: Callable[[dict[str, Any]], Reader]
+        if is_url(p):
+            remote = open_remote(p, self.storage_options)
+            front = read_front(remote)
 
-        def open_with(cred: dict[str, Any]) -> _core.Reader:
-            return _core.Reader(p, **cred, verify_key=self.verify_key)
+            def open_with(cred: dict[str, Any]) -> Reader:
+                return reader_from_front(remote, front, **cred, verify_key=self.verify_key)
+
+        else:
+
+            def open_with(cred: dict[str, Any]) -> Reader:
+                return _core.Reader(p, **cred, verify_key=self.verify_key)
 
         reader = self.attempt(path, open_with)[0]
         with about(path):
@@ -568,7 +591,7 @@ class Decryptor:
     decrypted (both release the GIL), so decryption and writing overlap.
     """
 
-    def __init__(self, reader: _core.Reader, meter: Meter | None = None) -> None:
+    def __init__(self, reader: Reader, meter: Meter | None = None) -> None:
         self._reader = reader
         self._step = decrypt_step(reader.chunk_size)
         self._bufs: list[np.ndarray] = []

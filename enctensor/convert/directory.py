@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from .. import _core
+from .._api import Reader
 from .._sharded import SHARD_KEY, parse_entry
 from ..errors import IntegrityError
 from . import manifest as mf
@@ -133,12 +133,12 @@ class _ToEncrypt(_Dir):
     encrypted: list[str] = field(default_factory=list)
 
 
-Readers = list[tuple[str, _core.Reader]]
+Readers = list[tuple[str, Reader]]
 
 
 @dataclass
 class _ToDecrypt(_Dir):
-    singles: dict[str, _core.Reader] = field(default_factory=dict)
+    singles: dict[str, Reader] = field(default_factory=dict)
     sets: list[tuple[str, sharded.Index, Readers]] = field(default_factory=list)
     caches: list[tuple[tvm_cache.Cache, Readers]] = field(default_factory=list)
 
@@ -321,7 +321,7 @@ def _plan_decrypt(secret: Secret) -> Callable[[Path, _ToDecrypt, list[str]], int
     return fill
 
 
-def _open_single(secret: Secret, path: Path) -> _core.Reader:
+def _open_single(secret: Secret, path: Path) -> Reader:
     """Opens an encrypted file that no index of its directory lists; a shard of a set is
     refused (its index was removed: decrypting its shards one by one would hide that)."""
     reader = secret.open(path)
@@ -626,9 +626,9 @@ def _plan_encrypted(root: Path, secret: Secret) -> tuple[list[_ToDecrypt], int, 
     return plans, total, manifest
 
 
-def _opened(root: Path, plans: Sequence[_ToDecrypt]) -> list[tuple[Path, _core.Reader]]:
+def _opened(root: Path, plans: Sequence[_ToDecrypt]) -> list[tuple[Path, Reader]]:
     """Every opened encrypted file of the tree: ``(path, reader)``."""
-    out: list[tuple[Path, _core.Reader]] = []
+    out: list[tuple[Path, Reader]] = []
     for d in plans:
         here = root / d.rel
         for _, readers in d.caches:

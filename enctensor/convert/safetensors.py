@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .. import _core
+from .._api import Reader
 from .._dtypes import ITEMSIZE as _ITEMSIZE
 from ..errors import FormatError
 from . import tvm_params
@@ -301,7 +301,7 @@ def _bookkeeping(text: str | None) -> dict[str, Any]:
     return book if isinstance(book, dict) else {}
 
 
-def header_bytes(reader: _core.Reader, shown: PathLike) -> bytes:
+def header_bytes(reader: Reader, shown: PathLike) -> bytes:
     """The safetensors header (with its length prefix) for the tensors and metadata of
     ``reader``: the stored original if the file has one (checked against the file), else the
     one the safetensors library writes."""
@@ -327,7 +327,7 @@ def header_bytes(reader: _core.Reader, shown: PathLike) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def write(reader: _core.Reader, out: BinaryIO, *, meter: Meter | None, shown: PathLike) -> list[str]:
+def write(reader: Reader, out: BinaryIO, *, meter: Meter | None, shown: PathLike) -> list[str]:
     """Writes the decrypted tensors of ``reader`` as a safetensors file to ``out``, one
     bounded step at a time; returns the metadata keys that were dropped (none: a safetensors
     file holds every metadata entry)."""

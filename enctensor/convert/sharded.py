@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _core
+from .._api import Reader
 from .._remote import UrlPath, as_path, is_url, open_remote
 from .._sharded import SHARD_KEY, bind, entry_text, is_plain_name, new_checkpoint
 from . import safetensors as st
@@ -278,12 +279,12 @@ def open_set(
     secret: Secret,
     *,
     expect_checkpoint: str | None = None,
-) -> tuple[Index, list[tuple[str, _core.Reader]]]:
+) -> tuple[Index, list[tuple[str, Reader]]]:
     """Opens (and authenticates: MAC, signature, ``expect_metadata`` pins, as
     ``secret.open`` does) every shard of the encrypted index ``src`` and checks that they are
     one whole set as the index describes it (:func:`enctensor._sharded.bind`); returns the
     index and ``(shard file name, reader)`` in set order."""
-    index = read_index(src)
+    index = read_index(src, secret.storage_options)
     return index, bind(src, index.shards, secret.open, expect_checkpoint=expect_checkpoint)
 
 
@@ -294,7 +295,7 @@ def set_credentials(src: PathLike, secret: Secret) -> list[tuple[Path, dict[str,
     index = read_index(src)
     creds: dict[str, dict[str, Any]] = {}
 
-    def open_shard(path: Path) -> _core.Reader:
+    def open_shard(path: Path) -> Reader:
         p = os.fspath(path)
         reader, cred = secret.attempt(path, lambda c: _core.Reader(p, **c))
         creds[path.name] = cred
@@ -308,7 +309,7 @@ class _Unbound:
     """A reader whose metadata leaves out the ``enctensor.shard`` entry (for writing the
     plaintext shard back as it was)."""
 
-    def __init__(self, reader: _core.Reader) -> None:
+    def __init__(self, reader: Reader) -> None:
         self._reader = reader
 
     def metadata(self) -> list[tuple[str, str]]:
@@ -320,7 +321,7 @@ class _Unbound:
 
 def write_plain(
     index: Index,
-    readers: list[tuple[str, _core.Reader]],
+    readers: list[tuple[str, Reader]],
     dst: PathLike,
     staging: Staging,
     *,

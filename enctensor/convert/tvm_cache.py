@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .. import _core
+from .._api import Reader
 from .._dtypes import ITEMSIZE
 from .._sharded import SHARD_KEY, bind, is_plain_name
 from ..errors import FormatError
@@ -373,7 +373,7 @@ def encrypt(
 # --- Reading the encrypted set ------------------------------------------------------------
 
 
-def is_cache(readers: list[tuple[str, _core.Reader]]) -> bool:
+def is_cache(readers: list[tuple[str, Reader]]) -> bool:
     """Whether a bound set (in set order) is an encrypted tensor cache."""
     return any(k == CACHE_KEY for k, _ in readers[0][1].metadata())
 
@@ -382,7 +382,7 @@ def _fail(shown: PathLike, problem: str) -> FormatError:
     return FormatError(f"{shown}: {problem}: this set was not written by enctensor's tensor-cache converter")
 
 
-def stored_cache(index_path: Path, readers: list[tuple[str, _core.Reader]]) -> Cache:
+def stored_cache(index_path: Path, readers: list[tuple[str, Reader]]) -> Cache:
     """The cache that the (authenticated, bound) set ``readers`` stores, checked against the
     tensors of every file."""
     first = index_path.parent / readers[0][0]
@@ -440,7 +440,7 @@ class _Md5Writer:
 
 
 def write_plain(
-    cache: Cache, readers: list[tuple[str, _core.Reader]], out_dir: Path, staging: Staging, *, meter: Meter
+    cache: Cache, readers: list[tuple[str, Reader]], out_dir: Path, staging: Staging, *, meter: Meter
 ) -> int:
     """Stages the plaintext cache (shards, JSON, ``-b16`` JSON) of a set opened with
     :func:`open_cache` in ``out_dir``; returns the number of tensors."""

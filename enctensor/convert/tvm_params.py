@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .. import _core
+from .._api import Reader
 from .._dtypes import ITEMSIZE
 from ._common import (
     Decryptor,
@@ -287,7 +287,7 @@ class _OutTensor:
     nbytes: int
 
 
-def plan(reader: _core.Reader, shown: PathLike) -> tuple[int, list[_OutTensor], list[str]]:
+def plan(reader: Reader, shown: PathLike) -> tuple[int, list[_OutTensor], list[str]]:
     """What to write for the tensors of ``reader``: (file reserved word, tensors, metadata
     keys that a ``.params`` file cannot hold and are dropped)."""
     md = dict(reader.metadata())
@@ -335,7 +335,7 @@ def plan(reader: _core.Reader, shown: PathLike) -> tuple[int, list[_OutTensor], 
     return reserved, out, dropped
 
 
-def write(reader: _core.Reader, out: BinaryIO, *, meter: Meter | None, shown: PathLike) -> list[str]:
+def write(reader: Reader, out: BinaryIO, *, meter: Meter | None, shown: PathLike) -> list[str]:
     """Writes the decrypted tensors of ``reader`` as a ``.params`` file to ``out``, one
     bounded step at a time; returns the metadata keys that were dropped."""
     reserved, tensors, dropped = plan(reader, shown)
