@@ -181,15 +181,15 @@ def _index_format(p: str, storage_options: StorageOptions = None) -> str | None:
 
 def _remote_index(p: str, storage_options: StorageOptions) -> Index | None:
     """The parsed index at URL ``p`` if it is a sharded checkpoint's index (looked at only when
-    its name ends in ``.json``), else ``None``, also when it cannot be read (the reader reports
-    that)."""
+    its name ends in ``.json``), else ``None``. A URL that cannot be fetched raises here, as
+    opening it would (one failure, not one for each look)."""
     if not (is_url(p) and p.endswith(".json")):
         return None
     from .convert.sharded import read_index
 
     try:
         return read_index(p, storage_options)
-    except (OSError, ValueError):
+    except ValueError:  # not an index, or a malformed one: _index_format and open_set tell which
         return None
 
 
