@@ -273,7 +273,7 @@ def output_format(
         raise ValueError(f"{dst}: the extension says {by_ext} but the format asked for is {requested}")
     if requested is not None or by_ext is not None:
         return requested or by_ext  # type: ignore[return-value]
-    src_fmt = url_format(os.fspath(src), storage_options) if is_url(src) else detect_format(src)
+    src_fmt = url_format(os.fspath(src), storage_options) if is_url(os.fspath(src)) else detect_format(src)
     if src_fmt == "enctensor-index":
         return "index"
     with about(src):
@@ -310,8 +310,8 @@ def decrypt_file(
 ) -> Conversion:
     """Decrypts an enctensor file (or an encrypted sharded checkpoint index and its shards)
     to ``dst`` in the format chosen by :func:`output_format`. ``src`` may be a URL (fsspec,
-    with ``storage_options``, as for :func:`enctensor.load`), fetched by ranges. Every byte is verified before
-    it is written; on any failure no output is left behind. ``key`` is anything
+    with ``storage_options``, as for :func:`enctensor.load`), fetched by ranges. Every byte
+    is verified before it is written; on any failure no output is left behind. ``key`` is anything
     :func:`enctensor.load` takes as a key (except a key provider), or a list of those, tried
     in turn. ``verify_with`` (an Ed25519 public key) requires every file to carry a valid
     signature by its holder (:class:`~enctensor.IntegrityError` otherwise);
@@ -336,7 +336,8 @@ def decrypt_file(
         expect_metadata=expect_metadata,
         storage_options=storage_options,
     )
-    if not is_url(src) and os.path.isdir(src):
+    url = is_url(os.fspath(src))
+    if not url and os.path.isdir(src):
         if format is not None or expect_checkpoint is not None:
             raise ValueError(
                 f"{src}: a directory decrypts to the formats it was encrypted from: format= and"
@@ -346,7 +347,7 @@ def decrypt_file(
             src, dst, secret, overwrite=overwrite, mode=file_mode, new_mode=PLAINTEXT_MODE, progress=progress
         )
         return Conversion("enctensor-directory", "directory", [Path(dst)], tensors, nbytes)
-    src_fmt = url_format(os.fspath(src), storage_options) if is_url(src) else detect_format(src)
+    src_fmt = url_format(os.fspath(src), storage_options) if url else detect_format(src)
     if src_fmt not in ("enctensor", "enctensor-index"):
         raise _not_a(src, src_fmt, "an enctensor file or encrypted checkpoint index")
     _checkpoint_is_for_sets(src, src_fmt, expect_checkpoint)
