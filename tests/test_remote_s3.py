@@ -258,3 +258,58 @@ def test_decrypt_file_takes_a_url_and_its_storage_options(
     assert (done.source_format, done.output_format, done.tensors) == ("enctensor", "safetensors", 2)
     got = load_file(out)
     assert all(np.array_equal(got[k], t[k]) for k in t)
+
+
+def test_encrypting_to_a_url_uploads_one_file(s3_bucket: tuple[S3Server, str], tmp_path: Path) -> None:
+    """``enctensor encrypt IN s3://...`` and ``encrypt_file(src, url, storage_options=)`` upload
+    the encrypted file whole; an existing object needs --force / overwrite=True; a sharded
+    checkpoint is refused (a URL takes one file)."""
+    import json
+
+    from cli_support import cli, failed, ok
+    from safetensors.numpy import save_file
+    from test_sharded_access import PLAIN_INDEX, reference_state, write_set
+
+    from enctensor.convert import encrypt_file
+
+    server, bucket = s3_bucket
+    options = server.storage_options()
+    t = {"w": np.arange(6000, dtype=np.float32).reshape(60, 100), "n": np.arange(5, dtype=np.int64)}
+    src = tmp_path / "m.safetensors"
+    save_file(t, src, metadata={"format": "np"})
+    key_file = tmp_path / "k.key"
+    key_file.write_bytes(KEY)
+    config = {k: v for k, v in options.items() if k != "skip_instance_cache"}
+    env = {"FSSPEC_S3": json.dumps(config), "AWS_EC2_METADATA_DISABLED": "true"}
+
+    url = f"s3://{bucket}/cli/m.enct"
+    report = json.loads(ok(cli("encrypt", src, url, "-k", key_file, "--json", cwd=tmp_path, env=env)).stdout)
+    assert report["files"] == [url] and report["stanzas"] == ["key"]
+    size = server.filesystem().info(f"{bucket}/cli/m.enct")["size"]
+    assert report["output_bytes"] == size
+    got = enctensor.load(url, key=KEY, storage_options=options)
+    assert all(np.array_equal(got[k], t[k]) for k in t)
+    failed(cli("encrypt", src, url, "-k", key_file, cwd=tmp_path, env=env), 1, "already exists", "--force")
+    ok(cli("encrypt", src, url, "-k", key_file, "--force", cwd=tmp_path, env=env))
+
+    api_url = f"s3://{bucket}/api/m.enct"
+    done = encrypt_file(src, api_url, key=KEY, storage_options=options)
+    assert [str(p) for p in done.outputs] == [api_url] and done.tensors == 2
+    assert enctensor.load(api_url, key=KEY, storage_options=options)["n"].tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(FileExistsError):
+        encrypt_file(src, api_url, key=KEY, storage_options=options)
+
+    write_set(tmp_path / "set", reference_state(2))
+    failed(
+        cli(
+            "encrypt",
+            tmp_path / "set" / "plain" / PLAIN_INDEX,
+            f"s3://{bucket}/set/i.json",
+            "-k",
+            key_file,
+            cwd=tmp_path,
+            env=env,
+        ),
+        2,
+        "takes one encrypted file",
+    )

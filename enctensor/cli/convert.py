@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from .. import _api as api
 from .._api import DEFAULT_CHUNK_SIZE, DEFAULT_SCRYPT_LOG_N
+from .._remote import is_url
 from ._common import (
     _EPILOG,
     EXIT_FORMAT,
@@ -165,6 +166,9 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
                     result = encrypt_file(src, tmp, progress=progress, **options)
                     stanzas = _stanza_types(result)
                     written, files = copy_into(tmp, output), []
+            elif is_url(output.path):
+                result, written, stanzas = _encrypt_to_url(src, fmt, output, args, options, progress)
+                files = [output.path]
             else:
                 result = encrypt_file(src, output.path, overwrite=args.force, progress=progress, **options)
                 stanzas = _stanza_types(result)
@@ -184,6 +188,35 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     }
     report(args, fields, _summary("encrypted", args, result, written))
     return EXIT_OK
+
+
+def _encrypt_to_url(
+    src: str,
+    fmt: str | None,
+    output: Output,
+    args: argparse.Namespace,
+    options: dict[str, Any],
+    progress: Progress,
+) -> tuple[Conversion, int, list[str]]:
+    """Encrypts one file to a local temporary file and uploads it whole to the URL OUT (with
+    options from the environment or fsspec's configuration); returns what was done, the bytes
+    uploaded and the file's stanza types."""
+    from .._remote import UrlPath, upload
+    from ..convert import Conversion, encrypt_file
+
+    if fmt in (None, "index"):  # None: a directory
+        raise CliError(
+            EXIT_USAGE,
+            output.shown,
+            "is a URL, which takes one encrypted file, and IN is a sharded checkpoint or a directory",
+            "encrypt it to a local directory, then upload its files",
+        )
+    with upload(output.path, overwrite=args.force) as tmp:
+        show_as(tmp, output.shown)
+        done = encrypt_file(src, tmp, overwrite=True, progress=progress, **options)
+        written, stanzas = sizes([tmp]), _stanza_types(done)
+    result = Conversion(done.source_format, "enctensor", [UrlPath(output.path)], done.tensors, done.nbytes)
+    return result, written, stanzas
 
 
 def _stanza_types(result: Conversion) -> list[str]:
@@ -393,20 +426,27 @@ def _add_encrypt(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         " in $TMPDIR (the plaintext is on disk there until enctensor exits; the format is detected and"
         " the tensors mapped from it). OUT may be - for standard output: the encrypted file is written to"
         " a temporary file first (its tables are filled in last), then copied. A file named - is never"
-        " made.\n\nOn a terminal, a progress bar and then one line on stderr say what was written,"
+        " made. OUT may also be a URL (s3://, https://, ... through fsspec, with options from the"
+        " environment or fsspec's configuration, e.g. FSSPEC_S3) when it is one file: it is written"
+        " to a temporary file, then uploaded whole.\n\nOn a terminal, a progress bar and then one line on stderr say what was written,"
         " its size and the time taken (unless --quiet).",
         epilog="examples:\n"
         "  enctensor encrypt model.safetensors model.enct -k model.key\n"
         "  enctensor encrypt model.safetensors model.enct -r x25519:<hex> -r age1... -r kms.pub.pem\n"
         "  enctensor encrypt model.params model.enct -r alice.pub --sign-with publisher.pem\n"
         "  ENCTENSOR_PASSPHRASE=... enctensor encrypt model.safetensors model.enct --passphrase\n"
-        "  curl -s https://host/model.safetensors | enctensor encrypt - - -r me.pub > model.enct\n\n"
+        "  curl -s https://host/model.safetensors | enctensor encrypt - - -r me.pub > model.enct\n"
+        "  enctensor encrypt model.safetensors s3://bucket/model.enct -r age1...\n\n"
         + json_epilog("encrypt")
         + "\n\n"
         + _EPILOG,
     )
     p.add_argument("input", metavar="IN", help="the file to encrypt, or - for standard input")
-    p.add_argument("output", metavar="OUT", help="the enctensor file to write, or - for standard output")
+    p.add_argument(
+        "output",
+        metavar="OUT",
+        help="the enctensor file to write (a path or a URL), or - for standard output",
+    )
     g = p.add_argument_group("who can open OUT (key files and recipients, or --passphrase)")
     g.add_argument(
         "-k",

@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ from .._keys import (
     VerifyKey,
     WriteKey,
 )
-from .._remote import is_url
+from .._remote import UrlPath, is_url, upload
 from . import directory as _directory
 from . import safetensors as _st
 from . import sharded as _sharded
@@ -122,7 +122,7 @@ class Conversion:
 
     source_format: str
     output_format: str
-    outputs: list[Path]
+    outputs: Sequence[Path | UrlPath]
     tensors: int
     nbytes: int
     #: Metadata keys of the encrypted file that the output format cannot hold.
@@ -208,6 +208,7 @@ def encrypt_file(
     scrypt_log_n: int = DEFAULT_SCRYPT_LOG_N,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Conversion:
     """Encrypts a safetensors file, a TVM ``.params`` file or a sharded checkpoint (given
     by its index JSON, whose encrypted counterpart is written to ``dst``, with the shards
@@ -221,8 +222,35 @@ def encrypt_file(
     factor ``2**scrypt_log_n``) instead, and must then be the only way in. ``sign_with`` (an
     Ed25519 private key) signs every output file. An existing output is refused with
     :class:`FileExistsError` unless ``overwrite``; a replaced output keeps its mode.
+
+    ``dst`` may be a URL (fsspec, with ``storage_options``) for a single file: it is encrypted
+    to a local temporary file, then uploaded whole, as :func:`enctensor.save` does.
     """
     secret = Secret.for_writing(key, passphrase, recipients, sign_with)
+    if is_url(os.fspath(dst)):
+        url = os.fspath(dst)
+        if os.path.isdir(src) or detect_format(src) == "index":
+            raise ValueError(
+                f"{url}: a URL takes one encrypted file; encrypt a sharded checkpoint or a directory"
+                " locally, then upload the files"
+            )
+        with upload(url, storage_options, overwrite=overwrite) as local:
+            done = _encrypt(src, local, secret, chunk_size, scrypt_log_n, overwrite=True, progress=progress)
+        return Conversion(done.source_format, "enctensor", [UrlPath(url)], done.tensors, done.nbytes)
+    return _encrypt(src, dst, secret, chunk_size, scrypt_log_n, overwrite=overwrite, progress=progress)
+
+
+def _encrypt(
+    src: PathLike,
+    dst: PathLike,
+    secret: Secret,
+    chunk_size: int,
+    scrypt_log_n: int,
+    *,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+) -> Conversion:
+    """:func:`encrypt_file` to a local ``dst``."""
     if os.path.isdir(src):
         tensors, nbytes = _directory.encrypt(
             src,
