@@ -428,8 +428,8 @@ def _add_encrypt(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         " a temporary file first (its tables are filled in last), then copied. A file named - is never"
         " made. OUT may also be a URL (s3://, https://, ... through fsspec, with options from the"
         " environment or fsspec's configuration, e.g. FSSPEC_S3) when it is one file: it is written"
-        " to a temporary file, then uploaded whole.\n\nOn a terminal, a progress bar and then one line on stderr say what was written,"
-        " its size and the time taken (unless --quiet).",
+        " to a temporary file, then uploaded whole.\n\nOn a terminal, a progress bar and then one"
+        " line on stderr say what was written, its size and the time taken (unless --quiet).",
         epilog="examples:\n"
         "  enctensor encrypt model.safetensors model.enct -k model.key\n"
         "  enctensor encrypt model.safetensors model.enct -r x25519:<hex> -r age1... -r kms.pub.pem\n"
