@@ -908,7 +908,10 @@ static void test_threads(const char *big) {
         CHECK(message_has("main-thread-miss"), "this thread's message is its own");
         EXPECT_STATUS(enct_verify_all(r), ENCT_OK);
         enct_close(r);
-        /* The pool's threads have ended when close returns (the library may be unloaded next). */
+        /* The pool's threads have ended when close returns (it joins them: the Rust test
+         * threads_have_ended_when_dropped checks that); the kernel drops a task's /proc entry
+         * a moment after its join, so that is polled for. */
+        for (int wait = 0; wait < 1000 && pool_threads() != before; wait++) usleep(10000);
         CHECK(pool_threads() == before, "%u threads: pool stopped after close", threads);
     }
     enct_credential_free(key);
