@@ -174,6 +174,12 @@ def url_format(url: str, storage_options: Mapping[str, Any] | None = None) -> st
     return _index_format(url, storage_options) or "enctensor"
 
 
+def _input_format(src: PathLike, storage_options: Mapping[str, Any] | None) -> str | None:
+    """:func:`detect_format` of a local ``src``, :func:`url_format` of a URL."""
+    p = os.fspath(src)
+    return url_format(p, storage_options) if is_url(p) else detect_format(src)
+
+
 def _index_is_encrypted(path: Path, weight_map: dict[str, object]) -> bool:
     """Whether the shards of an index are enctensor files (the first one tells)."""
     for shard in weight_map.values():
@@ -301,7 +307,7 @@ def output_format(
         raise ValueError(f"{dst}: the extension says {by_ext} but the format asked for is {requested}")
     if requested is not None or by_ext is not None:
         return requested or by_ext  # type: ignore[return-value]
-    src_fmt = url_format(os.fspath(src), storage_options) if is_url(os.fspath(src)) else detect_format(src)
+    src_fmt = _input_format(src, storage_options)
     if src_fmt == "enctensor-index":
         return "index"
     with about(src):
@@ -364,8 +370,7 @@ def decrypt_file(
         expect_metadata=expect_metadata,
         storage_options=storage_options,
     )
-    url = is_url(os.fspath(src))
-    if not url and os.path.isdir(src):
+    if not is_url(os.fspath(src)) and os.path.isdir(src):
         if format is not None or expect_checkpoint is not None:
             raise ValueError(
                 f"{src}: a directory decrypts to the formats it was encrypted from: format= and"
@@ -375,7 +380,7 @@ def decrypt_file(
             src, dst, secret, overwrite=overwrite, mode=file_mode, new_mode=PLAINTEXT_MODE, progress=progress
         )
         return Conversion("enctensor-directory", "directory", [Path(dst)], tensors, nbytes)
-    src_fmt = url_format(os.fspath(src), storage_options) if url else detect_format(src)
+    src_fmt = _input_format(src, storage_options)
     if src_fmt not in ("enctensor", "enctensor-index"):
         raise _not_a(src, src_fmt, "an enctensor file or encrypted checkpoint index")
     _checkpoint_is_for_sets(src, src_fmt, expect_checkpoint)
@@ -449,14 +454,13 @@ def verify_file(
         expect_metadata=expect_metadata,
         storage_options=storage_options,
     )
-    url = is_url(os.fspath(src))
-    if not url and os.path.isdir(src):
+    if not is_url(os.fspath(src)) and os.path.isdir(src):
         if expect_checkpoint is not None:
             raise ValueError(
                 f"{src}: expect_checkpoint pins one sharded checkpoint: give its encrypted index, not a directory"
             )
         return _directory.verify(src, secret)
-    fmt = url_format(os.fspath(src), storage_options) if url else detect_format(src)
+    fmt = _input_format(src, storage_options)
     _checkpoint_is_for_sets(src, fmt, expect_checkpoint)
     if fmt == "enctensor-index":
         return _sharded.verify(src, secret, expect_checkpoint=expect_checkpoint)
